@@ -1,0 +1,216 @@
+"""The node contract: everything a node type is, may do and may raise, written once.
+
+A **node type** is a class registered under a name (``@register("prompt")``) with
+
+* ``Config``: a pydantic model (``extra="forbid"``, frozen) of what the YAML may say. Fields that may
+  hold a reference are annotated ``Wired[T]`` (or ``Streamed[T]`` when the node can consume a chunk
+  stream as it arrives). Everything about a config is checked when the flow loads; a node never sees
+  an invalid config.
+* ``outputs(config)``: the output fields it produces, each with a type and whether it streams. The
+  compiler checks every ``${node.field}`` against this.
+* ``check(config, ctx)`` (optional): extra load-time checks (template syntax, allowlists).
+* ``async run(ctx, inputs)``: an async generator. ``inputs`` is the config as a plain dict with every
+  reference resolved (a ``Streamed`` field fed by a stream arrives as an ``AsyncIterator[str]``). It
+  may yield ``Progress`` and ``Chunk`` items in any number, and must end with exactly one ``Output``
+  holding a value for each declared output field (a streamed field's value is its joined text).
+
+What is cheap and what is heavy: a node instance is built once per compiled plan and shared by every
+run of it, so ``__init__`` may prepare (compile a template, import a function). Heavy resources
+(models, clients, embedders) are loaded once per *process* through ``ctx.resources`` and never per
+run. Blocking calls go through ``await ctx.to_thread(fn, ...)`` so the event loop never stalls.
+
+What a node may raise: ``NodeError(kind, message)`` for failures the flow's policies understand
+(``kind`` decides retry and fallback; the message is shown to end users, so no secrets and no stack
+traces). Any other exception is reported as kind ``internal``. ``asyncio.CancelledError`` must be
+let through: the run was cancelled. A node never retries or times out by itself: the runtime owns
+the one retry loop and the one deadline (reliability notes, section 1.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+from rillflow.runtime.policies import Duration, MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
+from rillflow.runtime.refs import REF_JSON_SCHEMA, Interp, Ref
+
+T = TypeVar("T")
+
+ValueType = Literal["string", "integer", "number", "boolean", "list", "object", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptsRef:
+    """Annotation marker: this config field may hold a reference instead of a literal."""
+
+    stream: bool = False
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        def keep_refs(value: Any, inner: core_schema.ValidatorFunctionWrapHandler) -> Any:
+            return value if isinstance(value, (Ref, Interp)) else inner(value)
+
+        return core_schema.no_info_wrap_validator_function(keep_refs, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [handler(schema), REF_JSON_SCHEMA]}
+
+
+Wired = Annotated[T, AcceptsRef()]
+Streamed = Annotated[T, AcceptsRef(stream=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputField:
+    type: ValueType = "any"
+    stream: bool = False
+    description: str = ""
+
+
+class NodeConfig(BaseModel):
+    """Fields every node has: its type and the runtime policies (DESIGN.md section 4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    type: str = Field(description="The node type, e.g. prompt, python, static.")
+    description: str | None = Field(None, description="What this node is for (shown in graphs and traces).")
+    when: str | None = Field(None, description="Jinja2 condition over inputs and node outputs; false skips the node.")
+    timeout: Duration | TimeoutPolicy | None = Field(None, description="Deadline of one attempt: seconds, or {total, first_chunk}.")
+    retry: RetryPolicy | None = None
+    fallback: str | None = Field(None, description="Id of a node whose outputs stand in when this one fails.")
+    on_fail: OnFail | None = Field(None, description="fail (default), skip, or {respond: message}.")
+    map: MapPolicy | None = Field(None, description="Run once per item of a list; ${item} is the current item.")
+
+
+POLICY_FIELDS = frozenset(NodeConfig.model_fields) - {"type"}
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a streamed output field."""
+
+    text: str
+    field: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done: int
+    total: int | None = None
+    message: str = ""
+
+
+class Output(dict[str, Any]):
+    """The node's final values, one per declared output field."""
+
+
+Emit = Chunk | Progress | Output
+
+
+class RunContext(Protocol):
+    """What the runtime gives a running node (implemented by rillflow.runtime.context)."""
+
+    run_id: str
+    node_id: str
+    attempt: int
+
+    def progress(self, done: int, total: int | None = None, message: str = "") -> None: ...
+
+    def usage(self, *, input_tokens: int = 0, output_tokens: int = 0, model: str | None = None, cost: float | None = None) -> None: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    async def to_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+class CheckContext(Protocol):
+    """What a node's load-time ``check`` may use to report problems at exact positions."""
+
+    flow_dir: str
+
+    def error(self, field_loc: tuple[str | int, ...], code: str, message: str, *, offset: int = 0) -> None: ...
+
+    def provided_vars(self, field_loc: tuple[str | int, ...]) -> set[str]: ...
+
+
+class Node:
+    """Base class of node types. Subclasses set ``Config`` and implement ``run``."""
+
+    Config: ClassVar[type[NodeConfig]] = NodeConfig
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, node_id: str, config: NodeConfig, flow_dir: str = ".") -> None:
+        self.id = node_id
+        self.config = config
+        self.flow_dir = flow_dir
+
+    @classmethod
+    def outputs(cls, config: Any) -> dict[str, OutputField]:
+        return {"value": OutputField()}
+
+    @classmethod
+    def check(cls, config: Any, ctx: CheckContext) -> None:
+        """Extra load-time checks; report through ``ctx.error``."""
+
+    def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:
+        raise TypeError(f"node type {self.type_name!r} does not implement run()")
+
+
+_REGISTRY: dict[str, type[Node]] = {}
+_entry_points_loaded = False
+
+
+def register(name: str) -> Callable[[type[Node]], type[Node]]:
+    """Class decorator: make a node type available to flows as ``type: name``."""
+
+    def deco(cls: type[Node]) -> type[Node]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"node type {name!r} is registered twice ({_REGISTRY[name].__module__} and {cls.__module__})")
+        cls.type_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    # Imported for their @register side effect; kept light so `rill validate` stays fast.
+    from rillflow.nodes import prompt, python, scripted, static  # noqa: F401
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="rillflow.nodes"):
+        ep.load()
+
+
+def node_types() -> dict[str, type[Node]]:
+    """Every registered node type: built-ins plus packages in the ``rillflow.nodes`` entry-point group."""
+    _load_builtins()
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+def get_node_type(name: str) -> type[Node] | None:
+    _load_builtins()
+    if name not in _REGISTRY:
+        _load_entry_points()
+    return _REGISTRY.get(name)
+
+
+def stream_fields(config_cls: type[NodeConfig]) -> frozenset[str]:
+    """Config fields annotated Streamed[...]: they can consume a chunk stream as it arrives."""
+    return frozenset(
+        name for name, info in config_cls.model_fields.items() if any(isinstance(m, AcceptsRef) and m.stream for m in info.metadata)
+    )
+

@@ -1,0 +1,385 @@
+"""Compile a flow file into an immutable Plan, collecting every problem in one pass.
+
+Parse, don't validate (STYLE.md 3): YAML -> positioned data -> pydantic configs -> resolved references
+-> checked graph -> Plan. Anything that can be checked before a run is checked here, so the
+scheduler only ever sees a valid plan.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from rillflow.nodes.base import POLICY_FIELDS, Node, NodeConfig, OutputField, get_node_type, stream_fields
+from rillflow.runtime.errors import FlowError
+from rillflow.runtime.plan import Plan, PlanNode, StreamEdge
+from rillflow.runtime.policies import normalise_timeout
+from rillflow.runtime.refs import Interp, Ref, RefPath, iter_refs
+from rillflow.runtime.spec import FlowSpec, InputSpec
+from rillflow.runtime.templating import TemplateSyntaxError, attribute_paths, compile_condition, condition_source
+from rillflow.runtime.validate import Collector, parse_refs, scan_secrets, suggest, validate_node, validate_top
+from rillflow.runtime.yaml_source import Loc, SourceMap, load_yaml_bytes, load_yaml_file
+
+_INPUT_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
+                "list": "list", "object": "object", "chat_history": "list"}
+_PY_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object", tuple: "list"}
+
+
+def load_flow(path: str | Path, *, env: Mapping[str, str] | None = None) -> Plan:
+    """Load, validate and compile one flow file. Raises FlowError listing every problem."""
+    data, smap = load_yaml_file(path)
+    return compile_flow(data, smap, flow_dir=str(Path(path).parent), env=env)
+
+
+def load_flow_text(text: str, path: str = "<flow>", *, flow_dir: str = ".", env: Mapping[str, str] | None = None) -> Plan:
+    data, smap = load_yaml_bytes(text.encode("utf-8"), path)
+    return compile_flow(data, smap, flow_dir=flow_dir, env=env)
+
+
+def compile_flow(data: Any, smap: SourceMap, *, flow_dir: str = ".", env: Mapping[str, str] | None = None) -> Plan:
+    out = Collector(smap, data)
+    if not isinstance(data, dict) or not data:
+        out.at((), "E002", "a flow must be a mapping with 'version', 'name', 'nodes' and 'outputs'")
+        raise FlowError(out.items)
+    return _Compiler(data, smap, out, flow_dir, os.environ if env is None else env).run()
+
+
+class _Compiler:
+    def __init__(self, raw: dict[str, Any], smap: SourceMap, out: Collector, flow_dir: str, env: Mapping[str, str]) -> None:
+        self.raw, self.smap, self.out, self.flow_dir, self.env = raw, smap, out, flow_dir, env
+        self.secrets: set[str] = set()
+        self.configs: dict[str, NodeConfig] = {}
+        self.outputs: dict[str, dict[str, OutputField]] = {}
+        self.deps: dict[str, set[str]] = {}
+        self.edge_loc: dict[tuple[str, str], tuple[Loc, int]] = {}
+        self.stream_inputs: dict[str, set[Loc]] = {}
+        self.stream_edges: set[StreamEdge] = set()
+
+    # -- the pass -------------------------------------------------------------------------
+    def run(self) -> Plan:
+        scan_secrets(self.raw, (), self.out)
+        data = parse_refs(self.raw, (), self.out, self.env, self.secrets)
+        top = validate_top(data, self.out)
+        self.inputs: dict[str, InputSpec] = top.get("inputs") or {}
+        nodes_raw = top.get("nodes")
+        if nodes_raw is not None and (not isinstance(nodes_raw, dict) or not nodes_raw):
+            self.out.at(("nodes",), "E006", "'nodes' must be a mapping from node id to node config, with at least one node")
+            nodes_raw = None
+        for node_id, raw in (nodes_raw or {}).items():
+            config = validate_node(node_id, raw, self.out)
+            if config is not None:
+                self.configs[node_id] = config
+                self.outputs[node_id] = get_node_type(config.type).outputs(config)  # type: ignore[union-attr]
+        for node_id, config in self.configs.items():
+            self._check_node(node_id, config)
+        output_refs = self._check_outputs(top.get("outputs"))
+        self._check_fallbacks()
+        order = self._check_graph()
+        if self.out.has_errors or nodes_raw is None or "outputs" not in top:
+            raise FlowError(self.out.items)
+        return self._build(top, order, output_refs)
+
+    # -- nodes ----------------------------------------------------------------------------
+    def _check_node(self, node_id: str, config: NodeConfig) -> None:
+        node_cls = get_node_type(config.type)
+        assert node_cls is not None
+        base: Loc = ("nodes", node_id)
+        self.deps[node_id] = set()
+        self.stream_inputs[node_id] = set()
+        node_cls.check(config, _CheckContext(self, base))
+        streams = stream_fields(type(config))
+        for field_name in type(config).model_fields:
+            if field_name in ("when", "fallback", "type", "description"):
+                continue
+            value = getattr(config, field_name)
+            for loc, ref, whole in iter_refs(value, (field_name,)):
+                accepts_stream = (loc == (field_name,) and field_name in streams) or _accepts_stream(node_cls, config, loc)
+                self._check_ref(node_id, (*base, *loc), ref, whole, _expected_type(type(config), loc) if whole else "string",
+                                accepts_stream, in_map=config.map is not None, target_loc=loc)
+        if config.when is not None:
+            self._check_condition(node_id, config.when)
+
+    def _check_ref(self, node_id: str | None, loc: Loc, ref: Ref, whole: bool, expected: str, accepts_stream: bool,
+                   *, in_map: bool = False, target_loc: Loc = ()) -> None:
+        for path in ref.alternatives:
+            produced = self._check_path(node_id, loc, ref, path, in_map)
+            if produced is None:
+                continue
+            kind, stream = produced
+            if not whole and kind in ("list", "object"):
+                self.out.at(loc, "E061", f"'{path}' is a {kind}; it cannot be placed inside text: pass it whole, or format it in a prompt template", offset=ref.offset)
+            elif whole and not _compatible(kind, expected):
+                self.out.at(loc, "E061", f"'{path}' is a {kind} but this field takes a {expected}", offset=ref.offset)
+            if stream and whole and accepts_stream and path.root not in ("inputs", "item") and len(path.parts) == 1:
+                target = node_id or "outputs"
+                self.stream_edges.add(StreamEdge(path.root, str(path.parts[0]), target, ".".join(map(str, target_loc))))
+                if node_id is not None:
+                    self.stream_inputs[node_id].add(target_loc)
+
+    def _check_path(self, node_id: str | None, loc: Loc, ref: Ref, path: RefPath, in_map: bool) -> tuple[str, bool] | None:
+        """Check one reference path; return (type, streams) of what it reads, or None if invalid."""
+        if path.root == "inputs":
+            name = str(path.parts[0])
+            if name not in self.inputs:
+                self.out.at(loc, "E023", f"unknown flow input '{name}'{suggest(name, self.inputs)}" + _known(self.inputs), offset=ref.offset)
+                return None
+            return (_INPUT_TYPES[self.inputs[name].type] if len(path.parts) == 1 else "any"), False
+        if path.root == "item":
+            if not in_map:
+                self.out.at(loc, "E025", "${item} is only defined in a node with 'map'", offset=ref.offset)
+                return None
+            return "any", False
+        if path.root not in self.configs:
+            nodes = self.raw.get("nodes") if isinstance(self.raw.get("nodes"), dict) else {}
+            if path.root not in (nodes or {}):
+                self.out.at(loc, "E021", f"unknown node '{path.root}'{suggest(path.root, nodes or {})}", offset=ref.offset)
+            return None  # an invalid node already reported its own error
+        field = str(path.parts[0])
+        fields = self.outputs[path.root]
+        if field not in fields:
+            self.out.at(loc, "E022", f"node '{path.root}' has no output '{field}'{suggest(field, fields)} (its outputs: {', '.join(fields)})", offset=ref.offset)
+            return None
+        if node_id is not None:
+            self.deps[node_id].add(path.root)
+            self.edge_loc.setdefault((path.root, node_id), (loc, ref.offset))
+        out_field = fields[field]
+        if len(path.parts) > 1 and out_field.type in ("string", "integer", "number", "boolean"):
+            self.out.at(loc, "E061", f"'{path.root}.{field}' is a {out_field.type}; it has no part '{path.parts[1]}'", offset=ref.offset)
+            return None
+        return (out_field.type if len(path.parts) == 1 else "any"), out_field.stream
+
+    def _check_condition(self, node_id: str, expression: str) -> None:
+        loc: Loc = ("nodes", node_id, "when")
+        try:
+            compile_condition(expression)
+            uses = attribute_paths(condition_source(expression))
+        except TemplateSyntaxError as exc:
+            self.out.at(loc, "E075", f"condition syntax: {exc.message}")
+            return
+        for name, attr, _line in uses:
+            if name == "inputs":
+                if attr is not None and attr not in self.inputs:
+                    self.out.at(loc, "E023", f"unknown flow input '{attr}'{suggest(attr, self.inputs)}")
+                continue
+            if name in self.configs:
+                if attr is not None and attr not in self.outputs[name]:
+                    self.out.at(loc, "E022", f"node '{name}' has no output '{attr}'{suggest(attr, self.outputs[name])}")
+                    continue
+                self.deps[node_id].add(name)
+                self.edge_loc.setdefault((name, node_id), (loc, 0))
+            elif name not in _JINJA_NAMES:
+                self.out.at(loc, "E021", f"condition reads unknown name '{name}'{suggest(name, [*self.configs, 'inputs'])}: use inputs.NAME or NODE.FIELD")
+
+    # -- outputs, fallbacks, graph -------------------------------------------------------
+    def _check_outputs(self, outputs: Any) -> dict[str, Any]:
+        if outputs is None:
+            return {}
+        if not outputs:
+            self.out.at(("outputs",), "E051", "the flow declares no outputs: add one, e.g. answer: ${node.text}")
+        for name, value in outputs.items():
+            refs = list(iter_refs(value, ("outputs", name)))
+            if not refs:
+                self.out.at(("outputs", name), "E051", f"output '{name}' references no node: write a reference such as ${{node.field}}")
+            for loc, ref, whole in refs:
+                self._check_ref(None, loc, ref, whole, "any", accepts_stream=True, target_loc=(name,))
+        return dict(outputs)
+
+    def _check_fallbacks(self) -> None:
+        for node_id, config in self.configs.items():
+            target = config.fallback
+            if target is None:
+                continue
+            loc: Loc = ("nodes", node_id, "fallback")
+            if target == node_id:
+                self.out.at(loc, "E041", f"node '{node_id}' cannot be its own fallback")
+                continue
+            if target not in self.configs:
+                if target not in (self.raw.get("nodes") or {}):
+                    self.out.at(loc, "E021", f"unknown fallback node '{target}'{suggest(target, self.configs)}")
+                continue
+            missing = [f for f in self.outputs[node_id] if f not in self.outputs[target]]
+            if missing:
+                self.out.at(loc, "E042", f"fallback '{target}' has no output {', '.join(repr(m) for m in missing)} that '{node_id}' provides")
+            chain, seen = [node_id], {node_id}
+            while target is not None and target in self.configs:
+                chain.append(target)
+                if target in seen:
+                    if target == node_id:  # report each loop once, at its first node
+                        self.out.at(loc, "E041", f"fallback chain loops: {' -> '.join(chain)}")
+                    break
+                seen.add(target)
+                target = self.configs[target].fallback
+
+    def _check_graph(self) -> tuple[str, ...]:
+        edges: dict[str, set[str]] = {n: set() for n in self.configs}
+        for node_id, deps in self.deps.items():
+            for d in deps:
+                edges[d].add(node_id)
+        for node_id, config in self.configs.items():
+            if config.fallback in self.configs and config.fallback != node_id:
+                edges[config.fallback].add(node_id)  # the stand-in must finish before node_id's outputs exist
+        order = _topological(edges)
+        if order is not None:
+            return order
+        self._report_cycles(edges)
+        return ()
+
+    def _report_cycles(self, edges: dict[str, set[str]]) -> None:
+        # networkx only on this (rare) path: importing it costs more than validating a flow.
+        import networkx as nx
+
+        graph = nx.DiGraph([(u, v) for u, vs in edges.items() for v in vs])
+        for component in nx.strongly_connected_components(graph):
+            members = sorted(component)
+            if len(members) == 1 and not graph.has_edge(members[0], members[0]):
+                continue
+            cycle = [u for u, _ in nx.find_cycle(graph.subgraph(members), source=members[0])]
+            cycle.append(cycle[0])
+            loc, offset = self.edge_loc.get((cycle[-2], cycle[-1]), (("nodes", cycle[-1]), 0))
+            self.out.at(loc, "E040", f"cycle: {' -> '.join(cycle)}", offset=offset)
+
+    # -- plan -----------------------------------------------------------------------------
+    def _build(self, top: dict[str, Any], order: tuple[str, ...], outputs: dict[str, Any]) -> Plan:
+        fallback_of = {c.fallback: n for n, c in self.configs.items() if c.fallback}
+        needed = self._needed(outputs, fallback_of)
+        for node_id in self.configs:
+            if node_id not in needed:
+                self.out.at(("nodes", node_id), "W050", f"node '{node_id}' is never used by an output or fallback: it will not run",
+                            at_key=True, severity="warning")
+        defaults = top["defaults"]
+        dependants: dict[str, list[str]] = {n: [] for n in self.configs}
+        for node_id, deps in self.deps.items():
+            for d in deps:
+                dependants[d].append(node_id)
+        nodes: dict[str, PlanNode] = {}
+        for node_id in order:
+            if node_id not in needed:
+                continue
+            config = self.configs[node_id]
+            node_cls = get_node_type(config.type)
+            assert node_cls is not None
+            inputs = {k: getattr(config, k) for k in type(config).model_fields if k not in POLICY_FIELDS and k != "type"}
+            nodes[node_id] = PlanNode(
+                id=node_id, type=config.type, node=node_cls(node_id, config, self.flow_dir), config=config,
+                inputs=MappingProxyType(inputs), wired=frozenset(k for k, v in inputs.items() if _has_ref(v)),
+                stream_inputs=frozenset(self.stream_inputs[node_id]),
+                deps=tuple(sorted(self.deps[node_id])), dependants=tuple(sorted(d for d in dependants[node_id] if d in needed)),
+                outputs=MappingProxyType(self.outputs[node_id]),
+                when=compile_condition(config.when) if config.when else None, when_source=config.when,
+                timeout=normalise_timeout(config.timeout if config.timeout is not None else defaults.timeout),
+                retry=config.retry or defaults.retry, on_fail=config.on_fail or defaults.on_fail,
+                fallback=config.fallback, map=config.map,
+                fallback_only=node_id in fallback_of and not self._used_directly(node_id, outputs, needed),
+            )
+        output_streams = frozenset(e.target_field for e in self.stream_edges if e.target == "outputs")
+        return Plan(
+            name=top["name"], path=self.smap.path, description=top.get("description"),
+            spec=FlowSpec.model_construct(**{**top, "nodes": self.raw.get("nodes")}),
+            inputs=MappingProxyType(self.inputs), outputs=MappingProxyType(outputs), output_streams=output_streams,
+            nodes=MappingProxyType(nodes), order=tuple(n for n in order if n in nodes),
+            stream_edges=frozenset(e for e in self.stream_edges if e.target == "outputs" or e.target in nodes),
+            concurrency=top.get("concurrency"), warnings=tuple(self.out.items), secrets=frozenset(self.secrets),
+        )
+
+    def _needed(self, outputs: dict[str, Any], fallback_of: dict[str | None, str]) -> set[str]:
+        needed: set[str] = set()
+        stack = [p.root for v in outputs.values() for _, ref, _ in iter_refs(v) for p in ref.alternatives if p.root in self.configs]
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            stack.extend(self.deps.get(node_id, ()))
+            fb = self.configs[node_id].fallback
+            if fb in self.configs:
+                stack.append(fb)  # type: ignore[arg-type]
+        return needed
+
+    def _used_directly(self, node_id: str, outputs: dict[str, Any], needed: set[str]) -> bool:
+        if any(node_id in self.deps[n] for n in needed if n in self.deps):
+            return True
+        return any(p.root == node_id for v in outputs.values() for _, ref, _ in iter_refs(v) for p in ref.alternatives)
+
+
+_JINJA_NAMES = frozenset({"true", "false", "none", "True", "False", "None", "range", "lipsum", "dict", "cycler", "joiner", "namespace", "loop"})
+
+
+class _CheckContext:
+    """Lets a node type's load-time check report at positions inside its own config."""
+
+    def __init__(self, compiler: _Compiler, base: Loc) -> None:
+        self._compiler = compiler
+        self._base = base
+        self.flow_dir = compiler.flow_dir
+
+    def error(self, field_loc: Loc, code: str, message: str, *, offset: int = 0, template_line: int | None = None) -> None:
+        self._compiler.out.at((*self._base, *field_loc), code, message, offset=offset, template_line=template_line)
+
+    def provided_vars(self, field_loc: Loc) -> set[str]:
+        return set()
+
+
+def _accepts_stream(node_cls: type[Node], config: NodeConfig, loc: Loc) -> bool:
+    hook = getattr(node_cls, "accepts_stream", None)
+    return bool(hook(config, loc)) if hook is not None else False
+
+
+def _topological(edges: dict[str, set[str]]) -> tuple[str, ...] | None:
+    """Kahn's algorithm, smallest id first for a stable order; None when there is a cycle."""
+    indegree = dict.fromkeys(edges, 0)
+    for targets in edges.values():
+        for t in targets:
+            indegree[t] += 1
+    ready = [n for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        node = heapq.heappop(ready)
+        order.append(node)
+        for t in edges[node]:
+            indegree[t] -= 1
+            if indegree[t] == 0:
+                heapq.heappush(ready, t)
+    return tuple(order) if len(order) == len(edges) else None
+
+
+def _has_ref(value: Any) -> bool:
+    return next(iter_refs(value), None) is not None
+
+
+def _known(names: Mapping[str, Any]) -> str:
+    return f" (flow inputs: {', '.join(names)})" if names else " (the flow declares no inputs)"
+
+
+def _expected_type(config_cls: type[NodeConfig], loc: Loc) -> str:
+    """The type a config field takes, from its annotation; 'any' where it is not simple."""
+    if len(loc) != 1:
+        return "any"
+    info = config_cls.model_fields.get(str(loc[0]))
+    if info is None:
+        return "any"
+    annotation: Any = info.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] if typing.get_origin(annotation) in (typing.Union, _UnionType) else [annotation]
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args]
+    kinds = {_PY_TYPES.get(typing.get_origin(a) or a, "any") for a in args}
+    return kinds.pop() if len(kinds) == 1 else "any"
+
+
+try:
+    from types import UnionType as _UnionType
+except ImportError:  # pragma: no cover - Python 3.10 has it; kept for type checkers
+    _UnionType = typing.Union  # type: ignore[assignment,misc]
+
+
+def _compatible(produced: str, expected: str) -> bool:
+    if "any" in (produced, expected) or produced == expected:
+        return True
+    return produced == "integer" and expected == "number"
+
+
+__all__ = ["FlowError", "Interp", "Plan", "load_flow", "load_flow_text", "compile_flow"]
