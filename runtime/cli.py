@@ -102,6 +102,94 @@ def graph(
     typer.echo(to_mermaid(plan) if format is GraphFormat.mermaid else to_dot(plan), nl=False)
 
 
+@app.command("run")
+def run_flow(
+    flow: Annotated[Path, typer.Argument(help="A flow file.")],
+    input: Annotated[list[str] | None, typer.Option("--input", "-i", help="An input as key=value (repeatable).")] = None,
+    inputs_file: Annotated[Path | None, typer.Option("--inputs", help="A JSON file of inputs.")] = None,
+    events: Annotated[bool, typer.Option("--events", help="Print every event as a JSON line instead of the answer.")] = False,
+) -> None:
+    """Run a flow: streamed output on stdout as it arrives; exit 0 ok, 1 run failed, 2 invalid flow or inputs."""
+    import asyncio
+
+    plan = _load_or_exit(flow)
+    given = _gather_inputs(plan, input or [], inputs_file)
+    try:
+        code = asyncio.run(_run_and_print(plan, given, events))
+    except KeyboardInterrupt:
+        typer.echo("\ncancelled", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _gather_inputs(plan, pairs: list[str], inputs_file: Path | None) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from rillflow.runtime.inputs import coerce_cli_value
+
+    given: dict[str, object] = {}
+    if inputs_file is not None:
+        try:
+            loaded = json.loads(inputs_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            typer.echo(f"{inputs_file}: error: cannot read inputs: {exc}", err=True)
+            raise typer.Exit(EXIT_INVALID) from None
+        if not isinstance(loaded, dict):
+            typer.echo(f"{inputs_file}: error: inputs must be a JSON object", err=True)
+            raise typer.Exit(EXIT_INVALID)
+        given.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            typer.echo(f"error: --input takes key=value, got '{pair}'", err=True)
+            raise typer.Exit(EXIT_INVALID)
+        given[key.strip()] = coerce_cli_value(plan.inputs.get(key.strip()), value)
+    return given
+
+
+async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]
+    from contextlib import AsyncExitStack
+
+    from rillflow.runtime.console import NodeDisplay, stderr_console
+    from rillflow.runtime.inputs import InputError
+    from rillflow.runtime.scheduler import run
+
+    console = stderr_console()
+    async with AsyncExitStack() as stack:
+        display = None if as_events or not console.is_terminal else stack.enter_context(NodeDisplay(plan, console))
+        streamed = False
+        try:
+            async for event in run(plan, given):
+                if as_events:
+                    typer.echo(event.to_json())
+                    continue
+                if display is not None:
+                    display.update(event)
+                if event.type == "chunk":
+                    streamed = True
+                    sys.stdout.write(event.data["text"])
+                    sys.stdout.flush()
+                elif event.type == "run_finished":
+                    _print_outputs(event.data["outputs"], plan.output_streams if streamed else frozenset())
+                elif event.type == "run_failed":
+                    err = event.data["error"]
+                    typer.echo(f"\nerror: {err['message']} [{err['kind']}]", err=True)
+                    return EXIT_RUN_FAILED
+        except InputError as exc:
+            for problem in exc.problems:
+                typer.echo(f"error: {problem}", err=True)
+            return EXIT_INVALID
+    return EXIT_OK
+
+
+def _print_outputs(outputs: dict[str, object], already_streamed: frozenset[str]) -> None:
+    rest = {k: v for k, v in outputs.items() if k not in already_streamed}
+    if already_streamed:
+        sys.stdout.write("\n")
+    if len(rest) == 1 and not already_streamed and isinstance(next(iter(rest.values())), str):
+        typer.echo(next(iter(rest.values())))
+    elif rest:
+        typer.echo(json.dumps(rest, indent=2, ensure_ascii=False, default=str))
+
+
 def _load_or_exit(flow: Path):  # type: ignore[no-untyped-def]
     from rillflow.runtime.compiler import load_flow
     from rillflow.runtime.errors import FlowError

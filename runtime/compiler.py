@@ -58,6 +58,7 @@ class _Compiler:
         self.deps: dict[str, set[str]] = {}
         self.edge_loc: dict[tuple[str, str], tuple[Loc, int]] = {}
         self.stream_inputs: dict[str, set[Loc]] = {}
+        self.full_deps: dict[str, set[str]] = {}  # deps read whole (not only as a chunk stream)
         self.stream_edges: set[StreamEdge] = set()
 
     # -- the pass -------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class _Compiler:
         assert node_cls is not None
         base: Loc = ("nodes", node_id)
         self.deps[node_id] = set()
+        self.full_deps[node_id] = set()
         self.stream_inputs[node_id] = set()
         node_cls.check(config, _CheckContext(self, base))
         streams = stream_fields(type(config))
@@ -114,12 +116,16 @@ class _Compiler:
             if not whole and kind in ("list", "object"):
                 self.out.at(loc, "E061", f"'{path}' is a {kind}; it cannot be placed inside text: pass it whole, or format it in a prompt template", offset=ref.offset)
             elif whole and not _compatible(kind, expected):
-                self.out.at(loc, "E061", f"'{path}' is a {kind} but this field takes a {expected}", offset=ref.offset)
-            if stream and whole and accepts_stream and path.root not in ("inputs", "item") and len(path.parts) == 1:
+                self.out.at(loc, "E061", f"'{path}' is {_a(kind)} but this field takes {_a(expected)}", offset=ref.offset)
+            # A node input streams only from a single producer; flow outputs may also stream a merge.
+            single = node_id is None or len(ref.alternatives) == 1
+            if stream and whole and accepts_stream and single and path.root not in ("inputs", "item") and len(path.parts) == 1:
                 target = node_id or "outputs"
                 self.stream_edges.add(StreamEdge(path.root, str(path.parts[0]), target, ".".join(map(str, target_loc))))
                 if node_id is not None:
                     self.stream_inputs[node_id].add(target_loc)
+            elif node_id is not None and path.root in self.configs:
+                self.full_deps[node_id].add(path.root)
 
     def _check_path(self, node_id: str | None, loc: Loc, ref: Ref, path: RefPath, in_map: bool) -> tuple[str, bool] | None:
         """Check one reference path; return (type, streams) of what it reads, or None if invalid."""
@@ -149,7 +155,7 @@ class _Compiler:
             self.edge_loc.setdefault((path.root, node_id), (loc, ref.offset))
         out_field = fields[field]
         if len(path.parts) > 1 and out_field.type in ("string", "integer", "number", "boolean"):
-            self.out.at(loc, "E061", f"'{path.root}.{field}' is a {out_field.type}; it has no part '{path.parts[1]}'", offset=ref.offset)
+            self.out.at(loc, "E061", f"'{path.root}.{field}' is {_a(out_field.type)}; it has no part '{path.parts[1]}'", offset=ref.offset)
             return None
         return (out_field.type if len(path.parts) == 1 else "any"), out_field.stream
 
@@ -159,7 +165,7 @@ class _Compiler:
             compile_condition(expression)
             uses = attribute_paths(condition_source(expression))
         except TemplateSyntaxError as exc:
-            self.out.at(loc, "E075", f"condition syntax: {exc.message}")
+            self.out.at(loc, "E075", f"condition syntax: {(exc.message or '').replace('end of template', 'end of the condition')}")
             return
         for name, attr, _line in uses:
             if name == "inputs":
@@ -171,9 +177,10 @@ class _Compiler:
                     self.out.at(loc, "E022", f"node '{name}' has no output '{attr}'{suggest(attr, self.outputs[name])}")
                     continue
                 self.deps[node_id].add(name)
+                self.full_deps[node_id].add(name)
                 self.edge_loc.setdefault((name, node_id), (loc, 0))
             elif name not in _JINJA_NAMES:
-                self.out.at(loc, "E021", f"condition reads unknown name '{name}'{suggest(name, [*self.configs, 'inputs'])}: use inputs.NAME or NODE.FIELD")
+                self.out.at(loc, "E021", f"condition reads unknown name '{name}'{suggest(name, [*self.configs, 'inputs'])} (conditions read inputs.NAME or NODE.FIELD)")
 
     # -- outputs, fallbacks, graph -------------------------------------------------------
     def _check_outputs(self, outputs: Any) -> dict[str, Any]:
@@ -190,6 +197,7 @@ class _Compiler:
         return dict(outputs)
 
     def _check_fallbacks(self) -> None:
+        self.fallback_loops: set[str] = set()  # nodes on a reported loop: their fallback edges are left out of the graph
         for node_id, config in self.configs.items():
             target = config.fallback
             if target is None:
@@ -209,8 +217,9 @@ class _Compiler:
             while target is not None and target in self.configs:
                 chain.append(target)
                 if target in seen:
-                    if target == node_id:  # report each loop once, at its first node
+                    if target == node_id and node_id not in self.fallback_loops:  # report each loop once, at its first node
                         self.out.at(loc, "E041", f"fallback chain loops: {' -> '.join(chain)}")
+                        self.fallback_loops.update(chain)
                     break
                 seen.add(target)
                 target = self.configs[target].fallback
@@ -221,8 +230,9 @@ class _Compiler:
             for d in deps:
                 edges[d].add(node_id)
         for node_id, config in self.configs.items():
-            if config.fallback in self.configs and config.fallback != node_id:
+            if config.fallback in self.configs and config.fallback != node_id and node_id not in self.fallback_loops:
                 edges[config.fallback].add(node_id)  # the stand-in must finish before node_id's outputs exist
+                self.edge_loc.setdefault((config.fallback, node_id), (("nodes", node_id, "fallback"), 0))
         order = _topological(edges)
         if order is not None:
             return order
@@ -268,7 +278,9 @@ class _Compiler:
                 id=node_id, type=config.type, node=node_cls(node_id, config, self.flow_dir), config=config,
                 inputs=MappingProxyType(inputs), wired=frozenset(k for k, v in inputs.items() if _has_ref(v)),
                 stream_inputs=frozenset(self.stream_inputs[node_id]),
-                deps=tuple(sorted(self.deps[node_id])), dependants=tuple(sorted(d for d in dependants[node_id] if d in needed)),
+                deps=tuple(sorted(self.deps[node_id])),
+                stream_deps=frozenset(self.deps[node_id] - self.full_deps[node_id]),
+                dependants=tuple(sorted(d for d in dependants[node_id] if d in needed)),
                 outputs=MappingProxyType(self.outputs[node_id]),
                 when=compile_condition(config.when) if config.when else None, when_source=config.when,
                 timeout=normalise_timeout(config.timeout if config.timeout is not None else defaults.timeout),
@@ -346,6 +358,10 @@ def _topological(edges: dict[str, set[str]]) -> tuple[str, ...] | None:
             if indegree[t] == 0:
                 heapq.heappush(ready, t)
     return tuple(order) if len(order) == len(edges) else None
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
 def _has_ref(value: Any) -> bool:

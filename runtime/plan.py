@@ -32,6 +32,7 @@ class PlanNode:
     wired: frozenset[str]  # names of inputs that contain references
     stream_inputs: frozenset[tuple[str | int, ...]]  # input locations fed by a chunk stream
     deps: tuple[str, ...]  # nodes whose outputs (or skip state) this node waits for
+    stream_deps: frozenset[str]  # deps read only as chunk streams: this node may start when they start
     dependants: tuple[str, ...]
     outputs: Mapping[str, OutputField]
     when: Callable[..., Any] | None

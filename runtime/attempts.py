@@ -1,0 +1,145 @@
+"""One node's attempts: the single retry loop and the single deadline (reliability notes 1.5).
+
+Retries use exponential backoff with full jitter and honour a provider's Retry-After. An attempt that
+already streamed chunks to consumers is never retried: they have seen its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rillflow.nodes.base import Chunk, Output, Progress
+from rillflow.runtime.context import NodeContext
+from rillflow.runtime.errors import NodeError
+from rillflow.runtime.streams import StreamFailed, StreamSkipped
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout_at
+else:  # pragma: no cover - exercised on 3.10 only
+    from async_timeout import timeout_at
+
+if TYPE_CHECKING:
+    from rillflow.runtime.plan import PlanNode
+    from rillflow.runtime.scheduler import Run
+
+MAX_RETRY_AFTER = 60.0  # a provider asking for longer than this is a failure, not a pause
+
+
+class AttemptsFailed(Exception):
+    """A node failed for good: retries exhausted, a kind not worth retrying, or a partial stream."""
+
+    def __init__(self, error: NodeError, attempts: int) -> None:
+        self.error = error
+        self.attempts = attempts
+        super().__init__(error.message)
+
+
+def classify(exc: BaseException, node_id: str, redact: Any) -> NodeError:
+    """Turn any exception into a NodeError with a user-safe message."""
+    if isinstance(exc, NodeError):
+        return NodeError(exc.kind, redact(exc.message), retry_after=exc.retry_after)
+    if isinstance(exc, TimeoutError):
+        return NodeError("timeout", f"node '{node_id}' timed out")
+    text = redact(str(exc))[:300]
+    return NodeError("internal", f"node '{node_id}' failed: {type(exc).__name__}" + (f": {text}" if text else ""))
+
+
+def backoff_delay(pn: PlanNode, attempt: int, error: NodeError) -> float | None:
+    """Seconds to wait before the next attempt, or None when the node should not retry."""
+    retry = pn.retry
+    if retry is None or attempt >= retry.attempts or error.kind not in retry.on:
+        return None
+    delay = min(retry.max_backoff, retry.backoff * 2 ** (attempt - 1))
+    if retry.jitter:
+        delay = random.uniform(0, delay)
+    if error.retry_after is not None:
+        if error.retry_after > MAX_RETRY_AFTER:
+            return None
+        delay = max(delay, error.retry_after)
+    return delay
+
+
+async def run_attempts(run: Run, pn: PlanNode, inputs: dict[str, Any], item_index: int | None = None) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    """Run a node until an attempt succeeds; return (outputs, attempts, usage) or raise AttemptsFailed."""
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx = NodeContext(run, pn.id, attempt, item_index)
+        streamed = [0]
+        try:
+            output = await _attempt(run, pn, ctx, inputs, item_index, streamed)
+            return output, attempt, ctx.usage_totals
+        except (StreamSkipped, StreamFailed):
+            raise
+        except Exception as exc:
+            error = classify(exc, pn.id, run.redact)
+            if streamed[0]:
+                raise AttemptsFailed(NodeError(error.kind, f"{error.message} (after streaming {streamed[0]} chunks)"), attempt) from None
+            delay = backoff_delay(pn, attempt, error)
+            if delay is None:
+                raise AttemptsFailed(error, attempt) from None
+            run.emit("node_retry", pn.id, {"attempt": attempt, "error": {"kind": error.kind, "message": error.message}, "delay": round(delay, 3)})
+            await asyncio.sleep(delay)
+
+
+async def _attempt(run: Run, pn: PlanNode, ctx: NodeContext, inputs: dict[str, Any], item_index: int | None, streamed: list[int]) -> dict[str, Any]:
+    agen = pn.node.run(ctx, inputs)
+    try:
+        if pn.timeout is None:
+            return await _drive(run, pn, ctx, agen, item_index, streamed, None)
+        return await _with_deadline(run, pn, ctx, agen, item_index, streamed)
+    finally:
+        await agen.aclose()
+
+
+async def _drive(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index: int | None, streamed: list[int],
+                 on_first_chunk: Callable[[], None] | None) -> dict[str, Any]:
+    async for emit in agen:
+        if type(emit) is Chunk:
+            if on_first_chunk is not None:
+                on_first_chunk()
+                on_first_chunk = None
+            streamed[0] += 1
+            run.push(pn.id, emit.field, emit.text, item_index)
+        elif isinstance(emit, Output):
+            return _check_output(pn, emit)
+        elif isinstance(emit, Progress):
+            ctx.progress(emit.done, emit.total, emit.message)
+    raise NodeError("internal", f"node '{pn.id}' ended without an output")
+
+
+async def _with_deadline(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index: int | None, streamed: list[int]) -> dict[str, Any]:
+    timeout = pn.timeout
+    assert timeout is not None
+    start = asyncio.get_running_loop().time()
+    total_at = start + timeout.total if timeout.total is not None else None
+    streams = any(f.stream for f in pn.outputs.values())
+    first_at = start + timeout.first_chunk if timeout.first_chunk is not None and streams else None
+    deadlines = [d for d in (total_at, first_at) if d is not None]
+    cm = timeout_at(min(deadlines) if deadlines else None)
+    waiting_first = [first_at is not None]
+
+    def first_chunk_arrived() -> None:
+        waiting_first[0] = False
+        cm.reschedule(total_at) if hasattr(cm, "reschedule") else cm.update(total_at)
+
+    try:
+        async with cm:
+            return await _drive(run, pn, ctx, agen, item_index, streamed, first_chunk_arrived if first_at is not None else None)
+    except TimeoutError:
+        if not cm.expired():
+            raise
+        if waiting_first[0]:
+            raise NodeError("timeout", f"node '{pn.id}' produced no first chunk within {timeout.first_chunk:g}s") from None
+        raise NodeError("timeout", f"node '{pn.id}' did not finish within {timeout.total:g}s") from None
+
+
+def _check_output(pn: PlanNode, output: Output) -> dict[str, Any]:
+    missing = [f for f in pn.outputs if f not in output]
+    if missing:
+        raise NodeError("internal", f"node '{pn.id}' did not produce output {', '.join(missing)}")
+    return output

@@ -1,0 +1,66 @@
+"""The one event vocabulary: every consumer of a run (CLI, SSE, trace, tests) reads these.
+
+Each run emits one ordered stream. Every event has ``type``, ``run_id``, ``seq`` (0, 1, 2, ... with no
+gaps), ``ts`` (seconds since the run started, monotonic) and ``node`` (None for run-level events).
+``data`` by type:
+
+=================  ==========================================================================
+run_started        flow, inputs (names only), started_at (ISO 8601 wall clock)
+node_started       attempt, node_type [, item]
+node_progress      done, total, message [, index, value for map items]
+chunk              output (flow output name), text
+node_retry         attempt (the one that failed), error {kind, message}, delay (s)
+node_fallback      to (the stand-in node), error {kind, message}
+node_skipped       reason
+node_finished      duration_ms, attempts [, usage {input_tokens, output_tokens, model, cost}]
+node_failed        error {kind, message}, attempts
+run_finished       status ('ok' or 'responded'), outputs [, node that responded]
+run_failed         error {kind, message, node}
+=================  ==========================================================================
+
+Exactly one of run_finished / run_failed ends every run. Error messages are user-safe: a kind, a
+short message with secrets redacted, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+EventType = Literal[
+    "run_started", "node_started", "node_progress", "chunk", "node_retry", "node_fallback",
+    "node_skipped", "node_finished", "node_failed", "run_finished", "run_failed",
+]
+TERMINAL: frozenset[str] = frozenset({"run_finished", "run_failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    run_id: str
+    seq: int
+    ts: float
+    node: str | None
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "run_id": self.run_id, "seq": self.seq, "ts": round(self.ts, 6), "node": self.node, "data": self.data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_fallback, ensure_ascii=False)
+
+
+def _fallback(value: Any) -> Any:
+    """Values nodes return need not be JSON types; events stay serialisable regardless."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return str(value)

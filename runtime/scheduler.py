@@ -1,0 +1,318 @@
+"""Run a compiled plan: start each node the moment its inputs are ready, stream chunks through the
+graph, apply skip / fallback / on_fail, and emit one ordered event stream ending in exactly one
+terminal event (DESIGN.md section 4).
+
+Readiness is counted, not polled: each node holds the number of dependencies it still waits for.
+A dependency read whole counts down when it settles (finished or skipped); one read only as a chunk
+stream counts down when it *starts*, so consumers run alongside their producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from datetime import datetime, timezone
+from time import perf_counter
+from typing import Any
+
+from rillflow.runtime.attempts import AttemptsFailed, run_attempts
+from rillflow.runtime.errors import NodeError
+from rillflow.runtime.events import Event
+from rillflow.runtime.inputs import check_inputs
+from rillflow.runtime.mapping import run_map
+from rillflow.runtime.plan import Plan, PlanNode
+from rillflow.runtime.resolve import Resolver, Skip
+from rillflow.runtime.streams import ChunkStream, StreamFailed, StreamSkipped
+
+EventListener = Callable[[Event], None]
+
+
+class Run:
+    """The state of one run of a plan. Create with ``run()``; not reusable."""
+
+    def __init__(self, plan: Plan, inputs: dict[str, Any], run_id: str, listeners: tuple[EventListener, ...]) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.listeners = listeners
+        self.values: dict[str, dict[str, Any]] = {}
+        self.state: dict[str, str] = {}  # running | done | skipped | failed
+        self.streams: dict[str, dict[str, ChunkStream]] = {}
+        self.resolver = Resolver(self, inputs)
+        self.cancelled = False
+        self.terminal_sent = False
+        self._t0 = perf_counter()
+        self._seq = 0
+        self._queue: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting = {n: len(pn.deps) for n, pn in plan.nodes.items()}
+        self._active = {n for n, pn in plan.nodes.items() if not pn.fallback_only}
+        self._pending = set(self._active)
+        self._launched: set[str] = set()
+        self._stand_in: dict[str, list[str]] = {}  # fallback node -> nodes it stands in for
+        self._replaced_by: dict[str, str] = {}  # failed node -> its fallback (chunks come from there)
+        self._listening: dict[tuple[str, str], list[str]] = {}  # (node, field) -> streamed flow outputs
+        self._source: dict[str, str | None] = dict.fromkeys(plan.output_streams)  # output -> node it streams from
+        for name in plan.output_streams:
+            for path in self.resolver.output_paths(name):
+                self._listening.setdefault((path.root, str(path.parts[0])), []).append(name)
+        self._limit = asyncio.Semaphore(plan.concurrency) if plan.concurrency else None
+
+    # -- events ---------------------------------------------------------------------------
+    def emit(self, type_: Any, node: str | None, data: dict[str, Any]) -> None:
+        if self.terminal_sent:
+            return
+        event = Event(type_, self.run_id, self._seq, perf_counter() - self._t0, node, data)
+        self._seq += 1
+        if type_ == "run_finished" or type_ == "run_failed":
+            self.terminal_sent = True
+        self._queue.append(event)
+        for listener in self.listeners:
+            listener(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def redact(self, text: str) -> str:
+        for secret in self.plan.secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def push(self, node_id: str, field: str, text: str, item_index: int | None, producer: str | None = None) -> None:
+        """A chunk from a node: into its stream and the streams of every node it stands in for."""
+        if item_index is not None:
+            return  # map items produce whole values, not one shared stream
+        stream = self.streams[node_id].get(field)
+        if stream is not None:
+            stream.push(text)
+            for name in self._listening.get((node_id, field), ()):
+                source = self._source[name]
+                if source == node_id:
+                    self.emit("chunk", producer or node_id, {"output": name, "text": text})
+                elif source is None:
+                    self._claim_output(name)
+        for other in self._stand_in.get(node_id, ()):
+            self.push(other, field, text, None, producer or node_id)
+
+    def _claim_output(self, name: str) -> None:
+        """Pick the first non-skipped source of a streamed output once it is known; replay its chunks."""
+        for path in self.resolver.output_paths(name):
+            state = self.state.get(path.root)
+            if state == "skipped":
+                continue
+            if state is None:
+                return  # an earlier alternative has not started: its chunks would come first
+            self._source[name] = path.root
+            stream = self.streams.get(path.root, {}).get(str(path.parts[0]))
+            producer = path.root
+            while producer in self._replaced_by:
+                producer = self._replaced_by[producer]
+            for text in stream._chunks if stream is not None else ():
+                self.emit("chunk", producer, {"output": name, "text": text})
+            return
+
+    # -- the event stream -----------------------------------------------------------------
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            self._start()
+            while True:
+                while self._queue:
+                    event = self._queue.popleft()
+                    yield event
+                    if event.type == "run_finished" or event.type == "run_failed":
+                        return
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+                self._waiter = None
+        finally:
+            await self._shutdown()
+
+    def _start(self) -> None:
+        plan = self.plan
+        self.emit("run_started", None, {"flow": plan.name, "inputs": sorted(self.resolver.inputs),
+                                        "started_at": datetime.now(timezone.utc).isoformat()})
+        for node_id in plan.order:
+            if self._waiting[node_id] == 0 and node_id in self._active:
+                self._launch(node_id)
+        if not self._pending:
+            self._finish_run()
+
+    async def _shutdown(self) -> None:
+        self.cancelled = True
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for streams in self.streams.values():
+            for stream in streams.values():
+                stream.close(StreamFailed("the run ended"))
+        if not self.terminal_sent:  # the consumer went away: the trace still gets its terminal event
+            self.emit("run_failed", None, {"error": {"kind": "cancelled", "message": "the run was cancelled", "node": None}})
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- readiness ------------------------------------------------------------------------
+    def _launch(self, node_id: str) -> None:
+        if node_id not in self._launched:
+            self._launched.add(node_id)
+            self._spawn(self._execute(self.plan.nodes[node_id]))
+
+    def _count_down(self, node_id: str) -> None:
+        self._waiting[node_id] -= 1
+        if self._waiting[node_id] == 0 and node_id in self._active:
+            self._launch(node_id)
+
+    def _mark_started(self, pn: PlanNode) -> None:
+        self.state[pn.id] = "running"
+        self.streams.setdefault(pn.id, {}).update({f: ChunkStream() for f, o in pn.outputs.items() if o.stream and f not in self.streams.get(pn.id, {})})
+        for dependant in pn.dependants:
+            if pn.id in self.plan.nodes[dependant].stream_deps:
+                self._count_down(dependant)
+
+    def _settle(self, node_id: str, state: str, values: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        was_started = node_id in self.state
+        self.state[node_id] = state
+        if values is not None:
+            self.values[node_id] = values
+        for stream in self.streams.get(node_id, {}).values():
+            stream.close(error)
+        for name, source in self._source.items():
+            if source is None:
+                self._claim_output(name)
+        for dependant in self.plan.nodes[node_id].dependants:
+            if node_id not in self.plan.nodes[dependant].stream_deps or not was_started:
+                self._count_down(dependant)
+        for other in self._stand_in.pop(node_id, ()):
+            self._settle_stand_in(other, node_id, state, values)
+        self._pending.discard(node_id)
+        if not self._pending and not self.terminal_sent:
+            self._finish_run()
+
+    # -- one node -------------------------------------------------------------------------
+    async def _execute(self, pn: PlanNode) -> None:
+        try:
+            if self._limit is None:
+                await self._execute_node(pn)
+            else:
+                async with self._limit:
+                    await self._execute_node(pn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the runtime: never leave the run without a terminal event
+            self._fail_run(pn.id, NodeError("internal", f"runtime error in node '{pn.id}': {type(exc).__name__}"))
+
+    async def _execute_node(self, pn: PlanNode) -> None:
+        try:
+            if pn.when is not None and not self.resolver.condition(pn):
+                return self._skip(pn.id, f"condition is false: {pn.when_source}")
+            inputs = None if pn.map is not None else self.resolver.inputs_for(pn)
+        except Skip as skip:
+            return self._skip(pn.id, skip.reason)
+        except NodeError as exc:
+            return self._node_failed(pn, exc, 0)
+        self._mark_started(pn)
+        self.emit("node_started", pn.id, {"node_type": pn.type, "attempt": 1})
+        t0 = perf_counter()
+        try:
+            if pn.map is not None:
+                values, attempts, usage = await run_map(self, pn)
+            else:
+                assert inputs is not None
+                values, attempts, usage = await run_attempts(self, pn, inputs)
+        except (StreamSkipped, Skip) as exc:
+            return self._skip(pn.id, getattr(exc, "reason", None) or "an input stream was skipped")
+        except StreamFailed:
+            return  # the producer's failure already decided the run
+        except AttemptsFailed as failed:
+            return self._node_failed(pn, failed.error, failed.attempts)
+        data: dict[str, Any] = {"duration_ms": round((perf_counter() - t0) * 1000, 3), "attempts": attempts}
+        if usage is not None:
+            data["usage"] = usage
+        self.emit("node_finished", pn.id, data)
+        self._settle(pn.id, "done", values)
+
+    def _skip(self, node_id: str, reason: str) -> None:
+        self.emit("node_skipped", node_id, {"reason": reason})
+        self._settle(node_id, "skipped", error=StreamSkipped(reason))
+
+    def _node_failed(self, pn: PlanNode, error: NodeError, attempts: int) -> None:
+        err = {"kind": error.kind, "message": error.message}
+        target = pn.fallback
+        if target is not None and target in self.plan.nodes:
+            self.emit("node_fallback", pn.id, {"to": target, "error": err, "attempts": attempts})
+            self._replaced_by[pn.id] = target
+            self._stand_in.setdefault(target, []).append(pn.id)
+            if self.state.get(target) in ("done", "skipped", "failed"):
+                self._settle_stand_in(pn.id, target, self.state[target], self.values.get(target))
+            else:
+                self._activate(target, pn.id)
+            return
+        self.emit("node_failed", pn.id, {"error": err, "attempts": attempts})
+        self._apply_on_fail(pn, error)
+
+    def _activate(self, target: str, for_node: str) -> None:
+        for field, stream in self.streams.get(target, {}).items():  # already streaming: replay so far
+            for chunk in stream._chunks:
+                self.push(for_node, field, chunk, None, target)
+        if target not in self._active:
+            self._active.add(target)
+            self._pending.add(target)
+            if self._waiting[target] == 0:
+                self._launch(target)
+
+    def _settle_stand_in(self, node_id: str, stand_in: str, state: str, values: dict[str, Any] | None) -> None:
+        if state == "done":
+            self.emit("node_finished", node_id, {"via": stand_in})
+            self._settle(node_id, "done", {f: (values or {}).get(f) for f in self.plan.nodes[node_id].outputs})
+        else:
+            error = NodeError("internal", f"fallback '{stand_in}' of node '{node_id}' was {state}")
+            self.emit("node_failed", node_id, {"error": {"kind": error.kind, "message": error.message}, "attempts": 0})
+            self._apply_on_fail(self.plan.nodes[node_id], error)
+
+    def _apply_on_fail(self, pn: PlanNode, error: NodeError) -> None:
+        policy = pn.on_fail
+        if policy == "skip":
+            self._skip(pn.id, f"failed ({error.kind}) and on_fail is skip")
+        elif policy is not None and policy != "fail":
+            self._respond(pn.id, policy.respond)  # type: ignore[union-attr]
+        else:
+            self.state[pn.id] = "failed"
+            self._fail_run(pn.id, error)
+
+    # -- endings --------------------------------------------------------------------------
+    def _fail_run(self, node_id: str | None, error: NodeError) -> None:
+        self.emit("run_failed", None, {"error": {"kind": error.kind, "message": error.message, "node": node_id}})
+
+    def _respond(self, node_id: str, message: str) -> None:
+        outputs: dict[str, Any] = dict.fromkeys(self.plan.outputs)
+        first = next(iter(self.plan.outputs))
+        outputs[first] = message
+        self.emit("chunk", None, {"output": first, "text": message})
+        self.emit("run_finished", None, {"status": "responded", "node": node_id, "outputs": outputs})
+
+    def _finish_run(self) -> None:
+        outputs = {name: self.resolver.output(value) for name, value in self.plan.outputs.items()}
+        self.emit("run_finished", None, {"status": "ok", "outputs": outputs})
+
+
+async def run(plan: Plan, inputs: dict[str, Any] | None = None, *, run_id: str | None = None,
+              listeners: tuple[EventListener, ...] = ()) -> AsyncIterator[Event]:
+    """Run a plan: ``async for event in run(plan, {"question": "..."})``.
+
+    Raises InputError before anything runs when the inputs do not fit the flow. Closing the iterator
+    (or cancelling the task consuming it) cancels every running node and waits for them.
+    """
+    checked = check_inputs(plan, inputs or {})
+    current = Run(plan, checked, run_id or uuid.uuid4().hex, listeners)
+    async with aclosing(current.events()) as events:  # close it now, not whenever GC finalises it
+        async for event in events:
+            yield event
