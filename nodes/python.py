@@ -27,7 +27,7 @@ def allowlist() -> list[str]:
 
 
 def is_allowed(target: str, allowed: list[str]) -> bool:
-    module = target.split(":")[0]
+    module = target.split(":", maxsplit=1)[0]
     for pattern in allowed:
         if pattern == target or (pattern.endswith(".*") and (module == pattern[:-2] or module.startswith(pattern[:-1]))):
             return True
@@ -65,6 +65,8 @@ class PythonNode(Node):
             if name not in config.args:
                 ctx.error(("stream_args",), "E011", f"stream arg '{name}' is not one of args: {', '.join(config.args) or '(none)'}")
 
+    config: PythonNode.Config
+
     def __init__(self, node_id: str, config: Any, flow_dir: str = ".") -> None:
         super().__init__(node_id, config, flow_dir)
         self._fn: Callable[..., Any] | None = None
@@ -84,10 +86,17 @@ class PythonNode(Node):
         fn = self._function()
         args = inputs["args"]
         if self.config.stream:
+            result = fn(**args)
             parts: list[str] = []
-            async for text in _iterate(fn(**args)):
-                parts.append(text)
-                yield Chunk(text)
+            if inspect.isasyncgen(result):  # the common case, iterated here to save a generator layer per chunk
+                async for item in result:
+                    text = item if type(item) is str else str(item)
+                    parts.append(text)
+                    yield Chunk(text)
+            else:
+                async for text in _iterate(result):
+                    parts.append(text)
+                    yield Chunk(text)
             yield Output(text="".join(parts))
             return
         if inspect.iscoroutinefunction(fn):
@@ -100,10 +109,7 @@ class PythonNode(Node):
 
 
 async def _iterate(result: Any) -> AsyncIterator[str]:
-    if inspect.isasyncgen(result):
-        async for item in result:
-            yield str(item)
-    elif inspect.isgenerator(result):
+    if inspect.isgenerator(result):
         for item in result:
             yield str(item)
     else:

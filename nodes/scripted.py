@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from rillflow.nodes.base import Emit, Chunk, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import Chunk, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.policies import Duration, ErrorKind
 

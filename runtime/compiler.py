@@ -132,6 +132,8 @@ class _Compiler:
         if path.root == "inputs":
             name = str(path.parts[0])
             if name not in self.inputs:
+                if self._declared_input(name):
+                    return None  # declared but invalid: its own error says why
                 self.out.at(loc, "E023", f"unknown flow input '{name}'{suggest(name, self.inputs)}" + _known(self.inputs), offset=ref.offset)
                 return None
             return (_INPUT_TYPES[self.inputs[name].type] if len(path.parts) == 1 else "any"), False
@@ -159,6 +161,10 @@ class _Compiler:
             return None
         return (out_field.type if len(path.parts) == 1 else "any"), out_field.stream
 
+    def _declared_input(self, name: str) -> bool:
+        raw_inputs = self.raw.get("inputs")
+        return isinstance(raw_inputs, dict) and name in raw_inputs
+
     def _check_condition(self, node_id: str, expression: str) -> None:
         loc: Loc = ("nodes", node_id, "when")
         try:
@@ -169,7 +175,7 @@ class _Compiler:
             return
         for name, attr, _line in uses:
             if name == "inputs":
-                if attr is not None and attr not in self.inputs:
+                if attr is not None and attr not in self.inputs and not self._declared_input(attr):
                     self.out.at(loc, "E023", f"unknown flow input '{attr}'{suggest(attr, self.inputs)}")
                 continue
             if name in self.configs:
@@ -255,7 +261,7 @@ class _Compiler:
 
     # -- plan -----------------------------------------------------------------------------
     def _build(self, top: dict[str, Any], order: tuple[str, ...], outputs: dict[str, Any]) -> Plan:
-        fallback_of = {c.fallback: n for n, c in self.configs.items() if c.fallback}
+        fallback_of = {c.fallback: n for n, c in self.configs.items() if c.fallback is not None}
         needed = self._needed(outputs, fallback_of)
         for node_id in self.configs:
             if node_id not in needed:
@@ -282,6 +288,7 @@ class _Compiler:
                 stream_deps=frozenset(self.deps[node_id] - self.full_deps[node_id]),
                 dependants=tuple(sorted(d for d in dependants[node_id] if d in needed)),
                 outputs=MappingProxyType(self.outputs[node_id]),
+                stream_outputs=tuple(f for f, o in self.outputs[node_id].items() if o.stream),
                 when=compile_condition(config.when) if config.when else None, when_source=config.when,
                 timeout=normalise_timeout(config.timeout if config.timeout is not None else defaults.timeout),
                 retry=config.retry or defaults.retry, on_fail=config.on_fail or defaults.on_fail,
@@ -298,7 +305,7 @@ class _Compiler:
             concurrency=top.get("concurrency"), warnings=tuple(self.out.items), secrets=frozenset(self.secrets),
         )
 
-    def _needed(self, outputs: dict[str, Any], fallback_of: dict[str | None, str]) -> set[str]:
+    def _needed(self, outputs: dict[str, Any], fallback_of: dict[str, str]) -> set[str]:
         needed: set[str] = set()
         stack = [p.root for v in outputs.values() for _, ref, _ in iter_refs(v) for p in ref.alternatives if p.root in self.configs]
         while stack:
@@ -309,7 +316,7 @@ class _Compiler:
             stack.extend(self.deps.get(node_id, ()))
             fb = self.configs[node_id].fallback
             if fb in self.configs:
-                stack.append(fb)  # type: ignore[arg-type]
+                stack.append(fb)
         return needed
 
     def _used_directly(self, node_id: str, outputs: dict[str, Any], needed: set[str]) -> bool:
@@ -398,4 +405,4 @@ def _compatible(produced: str, expected: str) -> bool:
     return produced == "integer" and expected == "number"
 
 
-__all__ = ["FlowError", "Interp", "Plan", "load_flow", "load_flow_text", "compile_flow"]
+__all__ = ["FlowError", "Interp", "Plan", "compile_flow", "load_flow", "load_flow_text"]

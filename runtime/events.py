@@ -25,8 +25,7 @@ short message with secrets redacted, never a stack trace.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 EventType = Literal[
     "run_started", "node_started", "node_progress", "chunk", "node_retry", "node_fallback",
@@ -35,8 +34,9 @@ EventType = Literal[
 TERMINAL: frozenset[str] = frozenset({"run_finished", "run_failed"})
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One event. A NamedTuple: immutable, typed, and cheap to build on the per-chunk path."""
+
     type: EventType
     run_id: str
     seq: int

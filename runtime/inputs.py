@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from rillflow.runtime.errors import RillError
 from rillflow.runtime.plan import Plan
 from rillflow.runtime.spec import InputSpec
 from rillflow.runtime.validate import suggest
 
-_PY = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "list": list, "object": dict, "chat_history": list}
+_PY: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "list": list, "object": dict, "chat_history": list}
 
 
 class InputError(RillError):
@@ -46,21 +46,25 @@ def check_inputs(plan: Plan, given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_value(name: str, spec: InputSpec, value: Any) -> str | None:
-    expected = _PY[spec.type]
-    if not isinstance(value, expected) or (spec.type in ("integer", "number") and isinstance(value, bool)):
+    if not isinstance(value, _PY[spec.type]) or (spec.type in ("integer", "number") and isinstance(value, bool)):
         return f"input '{name}' must be {spec.type}, got {type(value).__name__}"
     if spec.type == "chat_history":
-        for i, msg in enumerate(value):
+        messages = cast(list[Any], value)  # the isinstance check above proved it a list
+        for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant") or not isinstance(msg.get("content"), str):
                 return f"input '{name}' item {i} must be {{role: system|user|assistant, content: text}}"
     if spec.enum is not None and value not in spec.enum:
         return f"input '{name}' must be one of {', '.join(map(str, spec.enum))}"
+    return _check_size(name, spec, value)
+
+
+def _check_size(name: str, spec: InputSpec, value: Any) -> str | None:
     if isinstance(value, (str, list, dict)):
         if spec.max_length is not None and len(value) > spec.max_length:
             return f"input '{name}' is {len(value)} long; the limit is {spec.max_length}"
         if spec.min_length is not None and len(value) < spec.min_length:
             return f"input '{name}' is {len(value)} long; the minimum is {spec.min_length}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.minimum is not None and value < spec.minimum:
             return f"input '{name}' is below the minimum {spec.minimum}"
         if spec.maximum is not None and value > spec.maximum:

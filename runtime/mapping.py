@@ -25,6 +25,7 @@ async def run_map(run: Run, pn: PlanNode) -> tuple[dict[str, Any], int, dict[str
     done = [0, 0]  # items finished, attempts made
 
     async def one(index: int, item: Any) -> None:
+        error: dict[str, str] | None = None
         async with limit:
             try:
                 values, attempts, _ = await run_attempts(run, pn, run.resolver.inputs_for(pn, item), index)
@@ -33,8 +34,6 @@ async def run_map(run: Run, pn: PlanNode) -> tuple[dict[str, Any], int, dict[str
                     raise AttemptsFailed(NodeError(failed.error.kind, f"item {index}: {failed.error.message}"), failed.attempts) from None
                 values, attempts = None, failed.attempts
                 error = {"kind": failed.error.kind, "message": failed.error.message}
-            else:
-                error = None
         results[index] = values
         done[0] += 1
         done[1] += attempts

@@ -35,6 +35,7 @@ class PlanNode:
     stream_deps: frozenset[str]  # deps read only as chunk streams: this node may start when they start
     dependants: tuple[str, ...]
     outputs: Mapping[str, OutputField]
+    stream_outputs: tuple[str, ...]  # output fields that stream
     when: Callable[..., Any] | None
     when_source: str | None
     timeout: TimeoutPolicy | None

@@ -13,14 +13,13 @@ import asyncio
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from datetime import datetime, timezone
 from time import perf_counter
 from typing import Any
 
 from rillflow.runtime.attempts import AttemptsFailed, run_attempts
 from rillflow.runtime.errors import NodeError
-from rillflow.runtime.events import Event
+from rillflow.runtime.events import TERMINAL, Event
 from rillflow.runtime.inputs import check_inputs
 from rillflow.runtime.mapping import run_map
 from rillflow.runtime.plan import Plan, PlanNode
@@ -52,6 +51,7 @@ class Run:
         self._active = {n for n, pn in plan.nodes.items() if not pn.fallback_only}
         self._pending = set(self._active)
         self._launched: set[str] = set()
+        self._ready: list[str] = []
         self._stand_in: dict[str, list[str]] = {}  # fallback node -> nodes it stands in for
         self._replaced_by: dict[str, str] = {}  # failed node -> its fallback (chunks come from there)
         self._listening: dict[tuple[str, str], list[str]] = {}  # (node, field) -> streamed flow outputs
@@ -67,11 +67,12 @@ class Run:
             return
         event = Event(type_, self.run_id, self._seq, perf_counter() - self._t0, node, data)
         self._seq += 1
-        if type_ == "run_finished" or type_ == "run_failed":
+        if type_ in TERMINAL:
             self.terminal_sent = True
         self._queue.append(event)
-        for listener in self.listeners:
-            listener(event)
+        if self.listeners:
+            for listener in self.listeners:
+                listener(event)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -89,14 +90,15 @@ class Run:
         stream = self.streams[node_id].get(field)
         if stream is not None:
             stream.push(text)
-            for name in self._listening.get((node_id, field), ()):
+            for name in stream.outputs:
                 source = self._source[name]
                 if source == node_id:
                     self.emit("chunk", producer or node_id, {"output": name, "text": text})
                 elif source is None:
                     self._claim_output(name)
-        for other in self._stand_in.get(node_id, ()):
-            self.push(other, field, text, None, producer or node_id)
+        if self._stand_in and node_id in self._stand_in:
+            for other in self._stand_in[node_id]:
+                self.push(other, field, text, None, producer or node_id)
 
     def _claim_output(self, name: str) -> None:
         """Pick the first non-skipped source of a streamed output once it is known; replay its chunks."""
@@ -111,7 +113,7 @@ class Run:
             producer = path.root
             while producer in self._replaced_by:
                 producer = self._replaced_by[producer]
-            for text in stream._chunks if stream is not None else ():
+            for text in stream.chunks if stream is not None else ():
                 self.emit("chunk", producer, {"output": name, "text": text})
             return
 
@@ -123,7 +125,7 @@ class Run:
                 while self._queue:
                     event = self._queue.popleft()
                     yield event
-                    if event.type == "run_finished" or event.type == "run_failed":
+                    if event.type in TERMINAL:
                         return
                 self._waiter = asyncio.get_running_loop().create_future()
                 await self._waiter
@@ -138,6 +140,7 @@ class Run:
         for node_id in plan.order:
             if self._waiting[node_id] == 0 and node_id in self._active:
                 self._launch(node_id)
+        self._spawn_ready()
         if not self._pending:
             self._finish_run()
 
@@ -162,8 +165,15 @@ class Run:
 
     # -- readiness ------------------------------------------------------------------------
     def _launch(self, node_id: str) -> None:
+        """Queue a ready node. A node task picks it up when it finishes its own node (no new task
+        for a chain); _start and anything outside a node task call _spawn_ready afterwards."""
         if node_id not in self._launched:
             self._launched.add(node_id)
+            self._ready.append(node_id)
+
+    def _spawn_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for node_id in ready:
             self._spawn(self._execute(self.plan.nodes[node_id]))
 
     def _count_down(self, node_id: str) -> None:
@@ -173,10 +183,17 @@ class Run:
 
     def _mark_started(self, pn: PlanNode) -> None:
         self.state[pn.id] = "running"
-        self.streams.setdefault(pn.id, {}).update({f: ChunkStream() for f, o in pn.outputs.items() if o.stream and f not in self.streams.get(pn.id, {})})
+        if pn.stream_outputs:
+            streams = self.streams.setdefault(pn.id, {})
+            for field in pn.stream_outputs:
+                if field not in streams:
+                    streams[field] = stream = ChunkStream()
+                    stream.outputs = self._listening.get((pn.id, field), [])
         for dependant in pn.dependants:
             if pn.id in self.plan.nodes[dependant].stream_deps:
                 self._count_down(dependant)
+        if self._ready:
+            self._spawn_ready()  # stream consumers run alongside this node, not after it
 
     def _settle(self, node_id: str, state: str, values: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
         was_started = node_id in self.state
@@ -199,16 +216,22 @@ class Run:
 
     # -- one node -------------------------------------------------------------------------
     async def _execute(self, pn: PlanNode) -> None:
-        try:
-            if self._limit is None:
-                await self._execute_node(pn)
-            else:
-                async with self._limit:
+        while True:
+            try:
+                if self._limit is None:
                     await self._execute_node(pn)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug in the runtime: never leave the run without a terminal event
-            self._fail_run(pn.id, NodeError("internal", f"runtime error in node '{pn.id}': {type(exc).__name__}"))
+                else:
+                    async with self._limit:
+                        await self._execute_node(pn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in the runtime: never leave the run without a terminal event
+                self._fail_run(pn.id, NodeError("internal", f"runtime error in node '{pn.id}': {type(exc).__name__}"))
+                return
+            if not self._ready or self.terminal_sent:
+                return
+            pn = self.plan.nodes[self._ready.pop()]  # continue in this task: no task per node
+            self._spawn_ready()
 
     async def _execute_node(self, pn: PlanNode) -> None:
         try:
@@ -261,7 +284,7 @@ class Run:
 
     def _activate(self, target: str, for_node: str) -> None:
         for field, stream in self.streams.get(target, {}).items():  # already streaming: replay so far
-            for chunk in stream._chunks:
+            for chunk in stream.chunks:
                 self.push(for_node, field, chunk, None, target)
         if target not in self._active:
             self._active.add(target)
@@ -283,7 +306,7 @@ class Run:
         if policy == "skip":
             self._skip(pn.id, f"failed ({error.kind}) and on_fail is skip")
         elif policy is not None and policy != "fail":
-            self._respond(pn.id, policy.respond)  # type: ignore[union-attr]
+            self._respond(pn.id, policy.respond)
         else:
             self.state[pn.id] = "failed"
             self._fail_run(pn.id, error)
@@ -304,15 +327,13 @@ class Run:
         self.emit("run_finished", None, {"status": "ok", "outputs": outputs})
 
 
-async def run(plan: Plan, inputs: dict[str, Any] | None = None, *, run_id: str | None = None,
-              listeners: tuple[EventListener, ...] = ()) -> AsyncIterator[Event]:
+def run(plan: Plan, inputs: dict[str, Any] | None = None, *, run_id: str | None = None,
+        listeners: tuple[EventListener, ...] = ()) -> AsyncIterator[Event]:
     """Run a plan: ``async for event in run(plan, {"question": "..."})``.
 
-    Raises InputError before anything runs when the inputs do not fit the flow. Closing the iterator
-    (or cancelling the task consuming it) cancels every running node and waits for them.
+    Raises InputError at once, before anything runs, when the inputs do not fit the flow. Closing the
+    iterator (``aclose()``, or cancelling the task consuming it) cancels every running node and waits
+    for them. The iterator is the run's own generator, with no wrapper layers: they cost per event.
     """
     checked = check_inputs(plan, inputs or {})
-    current = Run(plan, checked, run_id or uuid.uuid4().hex, listeners)
-    async with aclosing(current.events()) as events:  # close it now, not whenever GC finalises it
-        async for event in events:
-            yield event
+    return Run(plan, checked, run_id or uuid.uuid4().hex, listeners).events()

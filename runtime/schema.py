@@ -17,7 +17,7 @@ def flow_json_schema() -> dict[str, Any]:
     variants = []
     for name, node_cls in sorted(node_types().items()):
         variants.append(
-            create_model(  # type: ignore[call-overload]
+            create_model(
                 f"{node_cls.__name__}Config",
                 __base__=node_cls.Config,
                 __doc__=(node_cls.__doc__ or node_cls.Config.__doc__ or "").strip() or None,
@@ -29,7 +29,7 @@ def flow_json_schema() -> dict[str, Any]:
         "Flow",
         __base__=FlowSpec,
         __doc__=FlowSpec.__doc__,
-        nodes=(dict[Annotated[str, Field(pattern=ID_PATTERN)], node_union], Field(description="Node id -> node config.")),
+        nodes=(dict[Annotated[str, Field(pattern=ID_PATTERN)], node_union], Field(description="Node id -> node config.")),  # type: ignore[valid-type]
     )
     schema = flow_model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -21,9 +21,10 @@ class StreamFailed(Exception):
 
 
 class ChunkStream:
-    __slots__ = ("_chunks", "_closed", "_error", "_waiters")
+    __slots__ = ("_chunks", "_closed", "_error", "_waiters", "outputs")
 
     def __init__(self) -> None:
+        self.outputs: list[str] = []  # flow outputs streamed from here (kept here: no lookup per chunk)
         self._chunks: list[str] = []
         self._closed = False
         self._error: BaseException | None = None
@@ -36,6 +37,11 @@ class ChunkStream:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def chunks(self) -> list[str]:
+        """The chunks so far (do not modify)."""
+        return self._chunks
 
     def text(self) -> str:
         return "".join(self._chunks)

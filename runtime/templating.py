@@ -14,7 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_REPEAT = 100_000  # longest string or list a template may build with '*'
 MAX_POWER = 10_000
@@ -52,9 +53,9 @@ def attribute_paths(source: str) -> list[tuple[str, str | None, int]]:
     tree = environment().parse(source)
     attr_names: set[int] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        inner = node.node
+        inner = getattr(node, "node", None)
         if isinstance(inner, nodes.Name):
-            attr = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+            attr = getattr(node, "attr", None) if isinstance(node, nodes.Getattr) else getattr(getattr(node, "arg", None), "value", None)
             found.append((inner.name, attr if isinstance(attr, str) else None, node.lineno))
             attr_names.add(id(inner))
     for node in tree.find_all(nodes.Name):
