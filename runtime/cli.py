@@ -146,45 +146,50 @@ def _gather_inputs(plan, pairs: list[str], inputs_file: Path | None) -> dict[str
 
 
 async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]
-    from contextlib import AsyncExitStack
+    from contextlib import ExitStack
 
     from rillflow.runtime.console import NodeDisplay, stderr_console
     from rillflow.runtime.inputs import InputError
     from rillflow.runtime.scheduler import run
 
     console = stderr_console()
-    async with AsyncExitStack() as stack:
-        display = None if as_events or not console.is_terminal else stack.enter_context(NodeDisplay(plan, console))
-        streamed = False
+    live = not as_events and console.is_terminal
+    finished = None
+    with ExitStack() as stack:
+        display = stack.enter_context(NodeDisplay(plan, console)) if live else None
         try:
             async for event in run(plan, given):
                 if as_events:
                     typer.echo(event.to_json())
-                    continue
-                if display is not None:
+                elif display is not None:
                     display.update(event)
-                if event.type == "chunk":
-                    streamed = True
-                    sys.stdout.write(event.data["text"])
+                elif event.type == "chunk":
+                    sys.stdout.write(event.data["text"])  # a pipe: stream raw, as it arrives
                     sys.stdout.flush()
-                elif event.type == "run_finished":
-                    _print_outputs(event.data["outputs"], plan.output_streams if streamed else frozenset())
-                elif event.type == "run_failed":
-                    err = event.data["error"]
-                    typer.echo(f"\nerror: {err['message']} [{err['kind']}]", err=True)
-                    return EXIT_RUN_FAILED
+                if event.terminal:
+                    finished = event
         except InputError as exc:
+            stack.close()
             for problem in exc.problems:
                 typer.echo(f"error: {problem}", err=True)
             return EXIT_INVALID
+    if as_events or finished is None:
+        return EXIT_OK if finished is None or finished.type == "run_finished" else EXIT_RUN_FAILED
+    if finished.type == "run_failed":
+        err = finished.data["error"]
+        typer.echo(f"\nerror: {err['message']} [{err['kind']}]", err=True)
+        return EXIT_RUN_FAILED
+    _print_outputs(finished.data["outputs"], plan.output_streams, streamed_already=not live)
     return EXIT_OK
 
 
-def _print_outputs(outputs: dict[str, object], already_streamed: frozenset[str]) -> None:
-    rest = {k: v for k, v in outputs.items() if k not in already_streamed}
-    if already_streamed:
-        sys.stdout.write("\n")
-    if len(rest) == 1 and not already_streamed and isinstance(next(iter(rest.values())), str):
+def _print_outputs(outputs: dict[str, object], streams: frozenset[str], *, streamed_already: bool) -> None:
+    """Streamed outputs as text (unless a pipe already got them chunk by chunk), the rest as JSON."""
+    texts = [name for name in outputs if name in streams and isinstance(outputs[name], str)]
+    rest = {k: v for k, v in outputs.items() if k not in texts}
+    for name in texts:
+        typer.echo("" if streamed_already else outputs[name])
+    if len(rest) == 1 and not texts and isinstance(next(iter(rest.values())), str):
         typer.echo(next(iter(rest.values())))
     elif rest:
         typer.echo(json.dumps(rest, indent=2, ensure_ascii=False, default=str))
@@ -207,3 +212,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `rill run ... | head`: the reader left; that is not an error
+        sys.stderr.close()
+        sys.exit(0)
