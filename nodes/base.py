@@ -11,7 +11,8 @@ A **node type** is a class registered under a name (``@register("prompt")``) wit
 * ``check(config, ctx)`` (optional): extra load-time checks (template syntax, allowlists).
 * ``async run(ctx, inputs)``: an async generator. ``inputs`` is the config as a plain dict with every
   reference resolved (a ``Streamed`` field fed by a stream arrives as an ``AsyncIterator[str]``). It
-  may yield ``Progress`` and ``Chunk`` items in any number, and must end with exactly one ``Output``
+  may yield ``Progress`` and ``Chunk`` items in any number (a plain ``str`` is a chunk of the ``text``
+  output: the cheapest form, for the per-token path), and must end with exactly one ``Output``
   holding a value for each declared output field (a streamed field's value is its joined text).
 
 What is cheap and what is heavy: a node instance is built once per compiled plan and shared by every
@@ -107,7 +108,7 @@ class Output(dict[str, Any]):
     """The node's final values, one per declared output field."""
 
 
-Emit = Chunk | Progress | Output
+Emit = str | Chunk | Progress | Output
 
 
 class RunContext(Protocol):

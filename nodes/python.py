@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rillflow.nodes.base import CheckContext, Chunk, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 
 ALLOW_ENV = "RILL_PYTHON_ALLOW"
@@ -92,11 +92,11 @@ class PythonNode(Node):
                 async for item in result:
                     text = item if type(item) is str else str(item)
                     parts.append(text)
-                    yield Chunk(text)
+                    yield text
             else:
                 async for text in _iterate(result):
                     parts.append(text)
-                    yield Chunk(text)
+                    yield text
             yield Output(text="".join(parts))
             return
         if inspect.iscoroutinefunction(fn):

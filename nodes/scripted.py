@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from rillflow.nodes.base import Chunk, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.policies import Duration, ErrorKind
 
@@ -53,7 +53,7 @@ class ScriptedNode(Node):
                 raise NodeError(inputs["error"], f"scripted failure on attempt {ctx.attempt}")
             if i and delay:
                 await asyncio.sleep(delay)
-            yield Chunk(token)
+            yield token
         if failing:
             raise NodeError(inputs["error"], f"scripted failure on attempt {ctx.attempt}")
         ctx.usage(output_tokens=len(tokens), model="scripted")

@@ -111,12 +111,16 @@ async def _drive(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index
     slice_start = perf_counter()
     try:
         async for emit in agen:
-            if type(emit) is Chunk:
+            kind = type(emit)
+            if kind is str or kind is Chunk:
                 if on_first_chunk is not None:
                     on_first_chunk()
                     on_first_chunk = None
                 count += 1
-                push(node_id, emit.field, emit.text, item_index)
+                if kind is str:
+                    push(node_id, "text", emit, item_index)
+                else:
+                    push(node_id, emit.field, emit.text, item_index)
                 # A producer that never awaits would starve its consumers until it ends.
                 if not count & 7 and perf_counter() - slice_start > time_slice:
                     await asyncio.sleep(0)

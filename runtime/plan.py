@@ -45,6 +45,9 @@ class PlanNode:
     map: MapPolicy | None
     fallback_only: bool  # runs only when the node it stands in for fails
 
+    def __repr__(self) -> str:  # config and inputs may hold resolved ${env.*} secrets: never print them
+        return f"PlanNode(id={self.id!r}, type={self.type!r}, deps={list(self.deps)})"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -62,5 +65,5 @@ class Plan:
     warnings: tuple[Diagnostic, ...] = ()
     secrets: frozenset[str] = field(default_factory=frozenset)
 
-    def __repr__(self) -> str:  # never print resolved secrets
+    def __repr__(self) -> str:  # the spec and node configs hold resolved secrets: never print them
         return f"Plan(name={self.name!r}, nodes={list(self.order)})"

@@ -24,6 +24,28 @@ class Skip(Exception):
         self.reason = reason
 
 
+class _SkippedNode:
+    """How a skipped node reads in a `when:` condition: false, and every field of it is none, so
+    `short.text or long.text` works whichever branch ran."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "skipped"
+
+
+SKIPPED = _SkippedNode()
+
+
 class Resolver:
     def __init__(self, run: Run, inputs: dict[str, Any]) -> None:
         self.run = run
@@ -69,11 +91,11 @@ class Resolver:
         return self.run.streams[path.root][str(path.parts[0])].reader()
 
     def condition(self, pn: PlanNode) -> bool:
-        """Evaluate `when:`; a skipped node reads as none."""
+        """Evaluate `when:`; a skipped node reads as false, with every field none."""
         assert pn.when is not None
         variables: dict[str, Any] = {"inputs": self.inputs}
         for dep in pn.deps:
-            variables[dep] = self.run.values.get(dep)
+            variables[dep] = SKIPPED if self.run.state.get(dep) == "skipped" else self.run.values.get(dep)
         try:
             return bool(pn.when(**variables))
         except Exception as exc:

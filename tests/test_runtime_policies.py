@@ -238,3 +238,16 @@ nodes:
     assert result.outputs == {"squares": [1, None, 16]}
     failed_item = next(e.data for e in result.events if e.type == "node_progress" and "error" in e.data)
     assert failed_item["index"] == 1 and failed_item["error"]["kind"] == "invalid_output"
+
+
+async def test_when_can_read_fields_of_a_skipped_node():
+    plan = flow("""
+inputs: {long: {type: boolean}}
+outputs: {answer: "${final.value}"}
+nodes:
+  short: {type: static, value: {text: brief}, when: "not inputs.long"}
+  long: {type: static, value: {text: detailed}, when: "inputs.long"}
+  final: {type: static, value: "chosen", when: "short.value or long.value"}
+""")
+    result = await run_flow(plan, {"long": True})
+    assert result.status == "ok" and result.outputs == {"answer": "chosen"}
