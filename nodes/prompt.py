@@ -59,6 +59,9 @@ class PromptNode(Node):
             except TemplateSyntaxError as exc:
                 ctx.error(loc, "E070", f"template syntax: {exc.message}", template_line=(exc.lineno or 1) + line_base)
                 continue
+            except RecursionError:
+                ctx.error(loc, "E070", "template nests too deeply to compile: flatten it")
+                continue
             for name in sorted(needed - provided):
                 ctx.error(loc, "E020", f"template variable '{name}' is not given: add it to 'vars' (vars: {{{name}: ${{inputs.{name}}}}})")
 
@@ -86,7 +89,16 @@ class PromptNode(Node):
 
 
 def _read(flow_dir: str, name: str) -> str:
-    return (Path(flow_dir) / name).read_text(encoding="utf-8")
+    return template_path(flow_dir, name).read_text(encoding="utf-8")
+
+
+def template_path(flow_dir: str, name: str) -> Path:
+    """The template file, which must lie inside the flow's folder (a flow cannot read /etc/passwd)."""
+    base = Path(flow_dir).resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"template_file '{name}' is outside the flow's folder: keep templates beside the flow")
+    return path
 
 
 def _sources(config: Any, flow_dir: str, ctx: CheckContext) -> list[tuple[tuple[str | int, ...], str, int]]:
@@ -95,9 +107,14 @@ def _sources(config: Any, flow_dir: str, ctx: CheckContext) -> list[tuple[tuple[
         return [(("template",), config.template, 0)]
     if config.messages is not None:
         return [(("messages", i, "content"), m.content, 0) for i, m in enumerate(config.messages)]
-    path = Path(flow_dir) / config.template_file
+    name = config.template_file
+    try:
+        path = template_path(flow_dir, name)
+    except ValueError as exc:  # outside the folder, or a NUL in the name
+        ctx.error(("template_file",), "E084", str(exc) if "outside" in str(exc) else f"template_file '{name!r}' is not a valid path")
+        return []
     try:
         return [(("template_file",), path.read_text(encoding="utf-8"), 0)]
     except (OSError, UnicodeDecodeError) as exc:
-        ctx.error(("template_file",), "E072", f"cannot read template file '{config.template_file}': {getattr(exc, 'strerror', None) or exc}")
+        ctx.error(("template_file",), "E072", f"cannot read template file '{name}': {getattr(exc, 'strerror', None) or exc}")
         return []

@@ -64,18 +64,23 @@ class _Compiler:
     # -- the pass -------------------------------------------------------------------------
     def run(self) -> Plan:
         scan_secrets(self.raw, (), self.out)
+        self.out.secrets = self.secrets  # filled by parse_refs; the collector redacts them from messages
         data = parse_refs(self.raw, (), self.out, self.env, self.secrets)
         top = validate_top(data, self.out)
         self.inputs: dict[str, InputSpec] = top.get("inputs") or {}
         nodes_raw = top.get("nodes")
-        if nodes_raw is not None and (not isinstance(nodes_raw, dict) or not nodes_raw):
+        if "nodes" in top and (not isinstance(nodes_raw, dict) or not nodes_raw):  # `nodes: ~` too
             self.out.at(("nodes",), "E006", "'nodes' must be a mapping from node id to node config, with at least one node")
             nodes_raw = None
         for node_id, raw in (nodes_raw or {}).items():
             config = validate_node(node_id, raw, self.out)
             if config is not None:
                 self.configs[node_id] = config
-                self.outputs[node_id] = get_node_type(config.type).outputs(config)  # type: ignore[union-attr]
+                outputs = get_node_type(config.type).outputs(config)  # type: ignore[union-attr]
+                if config.map is not None:  # one value per item, in item order; items do not stream
+                    outputs = {f: OutputField("list", description=f"{o.type} per item") for f, o in outputs.items()}
+                self.outputs[node_id] = outputs
+        self._check_resource_refs(data)
         for node_id, config in self.configs.items():
             self._check_node(node_id, config)
         output_refs = self._check_outputs(top.get("outputs"))
@@ -84,6 +89,13 @@ class _Compiler:
         if self.out.has_errors or nodes_raw is None or "outputs" not in top:
             raise FlowError(self.out.items)
         return self._build(top, order, output_refs)
+
+    def _check_resource_refs(self, data: dict[str, Any]) -> None:
+        """Models and collections open before any node runs: only ${env.NAME} can reach them."""
+        for section in ("models", "collections"):
+            for loc, ref, _ in iter_refs(data.get(section), (section,)):
+                self.out.at(loc, "E026", f"'{section}' can only use ${{env.NAME}}, not '{ref}': they are opened before any node runs",
+                            offset=ref.offset)
 
     # -- nodes ----------------------------------------------------------------------------
     def _check_node(self, node_id: str, config: NodeConfig) -> None:
@@ -130,22 +142,16 @@ class _Compiler:
     def _check_path(self, node_id: str | None, loc: Loc, ref: Ref, path: RefPath, in_map: bool) -> tuple[str, bool] | None:
         """Check one reference path; return (type, streams) of what it reads, or None if invalid."""
         if path.root == "inputs":
-            name = str(path.parts[0])
-            if name not in self.inputs:
-                if self._declared_input(name):
-                    return None  # declared but invalid: its own error says why
-                self.out.at(loc, "E023", f"unknown flow input '{name}'{suggest(name, self.inputs)}" + _known(self.inputs), offset=ref.offset)
-                return None
-            return (_INPUT_TYPES[self.inputs[name].type] if len(path.parts) == 1 else "any"), False
+            return self._check_input_path(loc, ref, path)
         if path.root == "item":
             if not in_map:
                 self.out.at(loc, "E025", "${item} is only defined in a node with 'map'", offset=ref.offset)
                 return None
             return "any", False
         if path.root not in self.configs:
-            nodes = self.raw.get("nodes") if isinstance(self.raw.get("nodes"), dict) else {}
-            if path.root not in (nodes or {}):
-                self.out.at(loc, "E021", f"unknown node '{path.root}'{suggest(path.root, nodes or {})}", offset=ref.offset)
+            nodes = self.raw.get("nodes")
+            if isinstance(nodes, dict) and nodes and path.root not in nodes:  # else 'nodes' itself is reported
+                self.out.at(loc, "E021", f"unknown node '{path.root}'{suggest(path.root, nodes)}", offset=ref.offset)
             return None  # an invalid node already reported its own error
         field = str(path.parts[0])
         fields = self.outputs[path.root]
@@ -161,6 +167,14 @@ class _Compiler:
             return None
         return (out_field.type if len(path.parts) == 1 else "any"), out_field.stream
 
+    def _check_input_path(self, loc: Loc, ref: Ref, path: RefPath) -> tuple[str, bool] | None:
+        name = str(path.parts[0])
+        if name in self.inputs:
+            return (_INPUT_TYPES[self.inputs[name].type] if len(path.parts) == 1 else "any"), False
+        if not self._declared_input(name):  # a declared but invalid input has its own error
+            self.out.at(loc, "E023", f"unknown flow input '{name}'{suggest(name, self.inputs)}" + _known(self.inputs), offset=ref.offset)
+        return None
+
     def _declared_input(self, name: str) -> bool:
         raw_inputs = self.raw.get("inputs")
         return isinstance(raw_inputs, dict) and name in raw_inputs
@@ -172,6 +186,9 @@ class _Compiler:
             uses = attribute_paths(condition_source(expression))
         except TemplateSyntaxError as exc:
             self.out.at(loc, "E075", f"condition syntax: {(exc.message or '').replace('end of template', 'end of the condition')}")
+            return
+        except RecursionError:  # Jinja's parser recurses once per bracket
+            self.out.at(loc, "E075", "condition syntax: the condition nests too deeply: simplify it")
             return
         for name, attr, _line in uses:
             if name == "inputs":
@@ -219,16 +236,28 @@ class _Compiler:
             missing = [f for f in self.outputs[node_id] if f not in self.outputs[target]]
             if missing:
                 self.out.at(loc, "E042", f"fallback '{target}' has no output {', '.join(repr(m) for m in missing)} that '{node_id}' provides")
-            chain, seen = [node_id], {node_id}
-            while target is not None and target in self.configs:
-                chain.append(target)
-                if target in seen:
-                    if target == node_id and node_id not in self.fallback_loops:  # report each loop once, at its first node
-                        self.out.at(loc, "E041", f"fallback chain loops: {' -> '.join(chain)}")
-                        self.fallback_loops.update(chain)
-                    break
-                seen.add(target)
-                target = self.configs[target].fallback
+        self._check_fallback_loops()
+
+    def _check_fallback_loops(self) -> None:
+        """Report each loop of fallbacks once, at its first node; every node is walked once (linear time)."""
+        order = {n: i for i, n in enumerate(self.configs)}
+        done: set[str] = set()
+        for start in self.configs:
+            walk: list[str] = []
+            on_walk: set[str] = set()
+            node: str | None = start
+            while node is not None and node in self.configs and node not in done and node not in on_walk:
+                walk.append(node)
+                on_walk.add(node)
+                fallback = self.configs[node].fallback
+                node = fallback if fallback != node else None  # a node that is its own fallback is reported above
+            if node is not None and node in on_walk:
+                loop = walk[walk.index(node):]
+                first = loop.index(min(loop, key=order.__getitem__))
+                loop = loop[first:] + loop[:first]
+                self.out.at(("nodes", loop[0], "fallback"), "E041", f"fallback chain loops: {_path(loop + loop[:1])}")
+                self.fallback_loops.update(loop)
+            done.update(walk)
 
     def _check_graph(self) -> tuple[str, ...]:
         edges: dict[str, set[str]] = {n: set() for n in self.configs}
@@ -257,7 +286,7 @@ class _Compiler:
             cycle = [u for u, _ in nx.find_cycle(graph.subgraph(members), source=members[0])]
             cycle.append(cycle[0])
             loc, offset = self.edge_loc.get((cycle[-2], cycle[-1]), (("nodes", cycle[-1]), 0))
-            self.out.at(loc, "E040", f"cycle: {' -> '.join(cycle)}", offset=offset)
+            self.out.at(loc, "E040", f"cycle: {_path(cycle)}", offset=offset)
 
     # -- plan -----------------------------------------------------------------------------
     def _build(self, top: dict[str, Any], order: tuple[str, ...], outputs: dict[str, Any]) -> Plan:
@@ -365,6 +394,13 @@ def _topological(edges: dict[str, set[str]]) -> tuple[str, ...] | None:
             if indegree[t] == 0:
                 heapq.heappush(ready, t)
     return tuple(order) if len(order) == len(edges) else None
+
+
+def _path(nodes: list[str]) -> str:
+    """'a -> b -> a', shortened in the middle when a loop is long."""
+    if len(nodes) <= 12:
+        return " -> ".join(nodes)
+    return f"{' -> '.join(nodes[:5])} -> ... -> {' -> '.join(nodes[-5:])} ({len(nodes) - 1} nodes)"
 
 
 def _a(kind: str) -> str:
