@@ -68,6 +68,7 @@ class _Compiler:
         data = parse_refs(self.raw, (), self.out, self.env, self.secrets)
         top = validate_top(data, self.out)
         self.inputs: dict[str, InputSpec] = top.get("inputs") or {}
+        self._check_input_defaults()
         nodes_raw = top.get("nodes")
         if "nodes" in top and (not isinstance(nodes_raw, dict) or not nodes_raw):  # `nodes: ~` too
             self.out.at(("nodes",), "E006", "'nodes' must be a mapping from node id to node config, with at least one node")
@@ -89,6 +90,15 @@ class _Compiler:
         if self.out.has_errors or nodes_raw is None or "outputs" not in top:
             raise FlowError(self.out.items)
         return self._build(top, order, output_refs)
+
+    def _check_input_defaults(self) -> None:
+        from rillflow.runtime.inputs import check_value  # the same rules a caller's value meets
+
+        for name, spec in self.inputs.items():
+            if "default" in spec.model_fields_set and spec.default is not None:
+                problem = check_value(name, spec, spec.default)
+                if problem:
+                    self.out.at(("inputs", name, "default"), "E060", f"default does not fit: {problem}")
 
     def _check_resource_refs(self, data: dict[str, Any]) -> None:
         """Models and collections open before any node runs: only ${env.NAME} can reach them."""
@@ -114,7 +124,7 @@ class _Compiler:
             for loc, ref, whole in iter_refs(value, (field_name,)):
                 accepts_stream = (loc == (field_name,) and field_name in streams) or _accepts_stream(node_cls, config, loc)
                 self._check_ref(node_id, (*base, *loc), ref, whole, _expected_type(type(config), loc) if whole else "string",
-                                accepts_stream, in_map=config.map is not None, target_loc=loc)
+                                accepts_stream, in_map=config.map is not None and field_name != "map", target_loc=loc)
         if config.when is not None:
             self._check_condition(node_id, config.when)
 

@@ -11,7 +11,10 @@ def _edges(plan: Plan) -> list[tuple[str, str, str]]:
     streams = {(e.source, e.target) for e in plan.stream_edges}
     edges: list[tuple[str, str, str]] = []
     for node in plan.nodes.values():
-        if any(p.root == "inputs" for v in node.inputs.values() for _, ref, _ in iter_refs(v) for p in ref.alternatives):
+        read = [*node.inputs.values(), node.map.over if node.map is not None else None]
+        if any(p.root == "inputs" for v in read for _, ref, _ in iter_refs(v) for p in ref.alternatives) or (
+            node.when_source is not None and "inputs" in node.when_source
+        ):
             edges.append(("inputs", node.id, "data"))
         for dep in node.deps:
             edges.append((dep, node.id, "stream" if (dep, node.id) in streams else "data"))

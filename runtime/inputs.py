@@ -32,7 +32,7 @@ def check_inputs(plan: Plan, given: Mapping[str, Any]) -> dict[str, Any]:
             problems.append(f"unknown input '{name}'{suggest(name, plan.inputs)} (this flow takes: {known})")
     for name, spec in plan.inputs.items():
         if name in given:
-            problem = _check_value(name, spec, given[name])
+            problem = check_value(name, spec, given[name])
             if problem:
                 problems.append(problem)
             values[name] = given[name]
@@ -45,7 +45,8 @@ def check_inputs(plan: Plan, given: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _check_value(name: str, spec: InputSpec, value: Any) -> str | None:
+def check_value(name: str, spec: InputSpec, value: Any) -> str | None:
+    """What is wrong with one input value, or None."""
     if not isinstance(value, _PY[spec.type]) or (spec.type in ("integer", "number") and isinstance(value, bool)):
         return f"input '{name}' must be {spec.type}, got {type(value).__name__}"
     if spec.type == "chat_history":
