@@ -16,12 +16,13 @@ def flow_json_schema() -> dict[str, Any]:
     """The schema editors use for completion (`# yaml-language-server: $schema=...`)."""
     variants = []
     for name, node_cls in sorted(node_types().items()):
+        literal: Any = Literal[name]  # a type built at run time: mypy versions disagree on how to type it
         variants.append(
             create_model(
                 f"{node_cls.__name__}Config",
                 __base__=node_cls.Config,
                 __doc__=(node_cls.__doc__ or node_cls.Config.__doc__ or "").strip() or None,
-                type=(Literal[name], Field(description=f"Node type '{name}'.")),
+                type=(literal, Field(description=f"Node type '{name}'.")),
             )
         )
     node_union = Annotated[Union[tuple(variants)], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
