@@ -5,7 +5,6 @@ It is a test instrument, never a feature's only test: real features are tested o
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +40,8 @@ class ScriptedNode(Node):
         return {"text": OutputField("string", stream=True, description="The streamed text.")}
 
     async def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:
+        import asyncio  # here, not at the top: `rill validate` never pays for importing asyncio
+
         tokens = inputs["tokens"] if inputs["tokens"] is not None else _words(str(inputs["text"]))
         failing = ctx.attempt in inputs["fail_attempts"]
         if inputs["hang"]:
