@@ -125,6 +125,10 @@ class RunContext(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
+    @property
+    def resources(self) -> Any:
+        """Process-wide shared resources: ``ctx.resources.get(key, factory)`` loads once."""
+
     async def to_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
 
 

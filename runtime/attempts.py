@@ -47,7 +47,7 @@ def classify(exc: BaseException, node_id: str, redact: Any) -> NodeError:
     """Turn any exception into a NodeError with a user-safe message."""
     if isinstance(exc, NodeError):
         return NodeError(exc.kind, redact(exc.message), retry_after=exc.retry_after)
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return NodeError("timeout", f"node '{node_id}' timed out")
     text = redact(str(exc))[:300]
     return NodeError("internal", f"node '{node_id}' failed: {type(exc).__name__}" + (f": {text}" if text else ""))
@@ -153,8 +153,9 @@ async def _with_deadline(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, it
     try:
         async with cm:
             return await _drive(run, pn, ctx, agen, item_index, streamed, first_chunk_arrived if first_at is not None else None)
-    except TimeoutError:
-        if not cm.expired():
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+        expired = cm.expired  # a method on asyncio.Timeout, a property on async_timeout's
+        if not (expired() if callable(expired) else expired):
             raise
         if waiting_first[0]:
             raise NodeError("timeout", f"node '{pn.id}' produced no first chunk within {timeout.first_chunk:g}s") from None

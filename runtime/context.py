@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,6 +46,19 @@ class Resources:
 
 RESOURCES = Resources()
 _executor: ThreadPoolExecutor | None = None
+
+#: Most node attempts running at once in this process, across every run and flow (RILL_MAX_NODES).
+MAX_PROCESS_NODES = int(os.environ.get("RILL_MAX_NODES", "256"))
+_process_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def process_limit() -> asyncio.Semaphore:
+    """The process-wide node limit for the running loop (a semaphore belongs to one loop)."""
+    loop = asyncio.get_running_loop()
+    limit = _process_limits.get(loop)
+    if limit is None:
+        limit = _process_limits[loop] = asyncio.Semaphore(MAX_PROCESS_NODES)
+    return limit
 
 
 def executor() -> ThreadPoolExecutor:

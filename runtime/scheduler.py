@@ -18,6 +18,7 @@ from time import perf_counter
 from typing import Any
 
 from rillflow.runtime.attempts import AttemptsFailed, run_attempts
+from rillflow.runtime.context import process_limit
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.events import TERMINAL, Event
 from rillflow.runtime.inputs import check_inputs
@@ -60,6 +61,7 @@ class Run:
             for path in self.resolver.output_paths(name):
                 self._listening.setdefault((path.root, str(path.parts[0])), []).append(name)
         self._limit = asyncio.Semaphore(plan.concurrency) if plan.concurrency else None
+        self._process_limit = process_limit()
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, type_: Any, node: str | None, data: dict[str, Any]) -> None:
@@ -233,11 +235,12 @@ class Run:
     async def _execute(self, pn: PlanNode) -> None:
         while True:
             try:
-                if self._limit is None:
-                    await self._execute_node(pn)
-                else:
-                    async with self._limit:
+                async with self._process_limit:
+                    if self._limit is None:
                         await self._execute_node(pn)
+                    else:
+                        async with self._limit:
+                            await self._execute_node(pn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in the runtime: never leave the run without a terminal event

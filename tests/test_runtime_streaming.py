@@ -215,3 +215,25 @@ async def test_run_failed_event_names_the_node_and_types_are_complete():
     result = await run_flow(flow("outputs: {a: \"${x.text}\"}\nnodes:\n  x: {type: scripted, text: boom, fail_attempts: [1], error: bad_request}\n"))
     assert types(result) == ["run_started", "node_started", "node_failed", "run_failed"]
     assert result.error == {"kind": "bad_request", "message": "scripted failure on attempt 1", "node": "x"}
+
+
+async def test_process_wide_limit_bounds_nodes_across_runs(monkeypatch):
+    from rillflow.runtime import context
+
+    monkeypatch.setattr(context, "MAX_PROCESS_NODES", 2)
+    monkeypatch.setattr(context, "_process_limits", context.weakref.WeakKeyDictionary())
+    plan = flow('outputs: {a: "${x.value}"}\nnodes:\n  x: {type: python, function: "tests.runtime_funcs:nap", args: {seconds: 0.1, label: x}}\n')
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(run_flow(plan) for _ in range(4)))
+    assert all(r.outputs == {"a": "x"} for r in results)
+    assert time.perf_counter() - t0 >= 0.2  # four runs, two nodes at a time in this process
+
+
+async def test_builder_template_cannot_allocate_without_bound():
+    plan = flow("""
+outputs: {text: "${p.text}"}
+nodes:
+  p: {type: prompt, template: "{{ 'a' * 10**9 }}"}
+""")
+    result = await run_flow(plan)
+    assert result.error["kind"] == "config" and "unsafe operation" in result.error["message"]
