@@ -79,20 +79,6 @@ class Run:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _emit_chunk(self, node: str, output: str, text: str) -> None:
-        """emit() for the hottest event: same result, fewer checks (a chunk is never terminal)."""
-        if self.terminal_sent:
-            return
-        event = Event("chunk", self.run_id, self._seq, perf_counter() - self._t0, node, {"output": output, "text": text})
-        self._seq += 1
-        self._queue.append(event)
-        if self.listeners:
-            for listener in self.listeners:
-                listener(event)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def redact(self, text: str) -> str:
         for secret in self.plan.secrets:
             if secret and secret in text:
@@ -109,7 +95,7 @@ class Run:
             for name in stream.outputs:
                 source = self._source[name]
                 if source == node_id:
-                    self._emit_chunk(producer or node_id, name, text)
+                    self.emit("chunk", producer or node_id, {"output": name, "text": text})
                 elif source is None:
                     self._claim_output(name)
         if self._stand_in and node_id in self._stand_in:
