@@ -139,8 +139,6 @@ class CheckContext(Protocol):
 
     def error(self, field_loc: tuple[str | int, ...], code: str, message: str, *, offset: int = 0, template_line: int | None = None) -> None: ...
 
-    def provided_vars(self, field_loc: tuple[str | int, ...]) -> set[str]: ...
-
 
 class Node:
     """Base class of node types. Subclasses set ``Config`` and implement ``run``."""

@@ -16,13 +16,13 @@ from types import MappingProxyType
 from typing import Any
 
 from rillflow.nodes.base import POLICY_FIELDS, Node, NodeConfig, OutputField, get_node_type, stream_fields
-from rillflow.runtime.errors import FlowError
+from rillflow.runtime.errors import FlowError, suggest
 from rillflow.runtime.plan import Plan, PlanNode, StreamEdge
 from rillflow.runtime.policies import normalise_timeout
 from rillflow.runtime.refs import Interp, Ref, RefPath, iter_refs
 from rillflow.runtime.spec import FlowSpec, InputSpec
 from rillflow.runtime.templating import TemplateSyntaxError, attribute_paths, compile_condition, condition_source
-from rillflow.runtime.validate import Collector, parse_refs, scan_secrets, suggest, validate_node, validate_top
+from rillflow.runtime.validate import Collector, parse_refs, scan_secrets, validate_node, validate_top
 from rillflow.runtime.yaml_source import Loc, SourceMap, load_yaml_bytes, load_yaml_file
 
 _INPUT_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
@@ -377,9 +377,6 @@ class _CheckContext:
 
     def error(self, field_loc: Loc, code: str, message: str, *, offset: int = 0, template_line: int | None = None) -> None:
         self._compiler.out.at((*self._base, *field_loc), code, message, offset=offset, template_line=template_line)
-
-    def provided_vars(self, field_loc: Loc) -> set[str]:
-        return set()
 
 
 def _accepts_stream(node_cls: type[Node], config: NodeConfig, loc: Loc) -> bool:

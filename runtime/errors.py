@@ -11,6 +11,8 @@ Messages never contain secret values: the loader replaces them before any messag
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +37,12 @@ ERROR_KINDS = (
 RETRYABLE_KINDS = ("timeout", "rate_limit", "server", "connection")
 
 MAX_DIAGNOSTICS = 50
+
+
+def suggest(name: object, candidates: Iterable[object]) -> str:
+    """'; did you mean 'x'?' when a candidate is close to ``name``, else ''."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, cast
 
-from rillflow.runtime.errors import RillError
+from rillflow.runtime.errors import RillError, suggest
 from rillflow.runtime.plan import Plan
 from rillflow.runtime.spec import InputSpec
-from rillflow.runtime.validate import suggest
 
 _PY: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "list": list, "object": dict, "chat_history": list}
 
