@@ -89,7 +89,8 @@ class Run:
         """A chunk from a node: into its stream and the streams of every node it stands in for."""
         if item_index is not None:
             return  # map items produce whole values, not one shared stream
-        stream = self.streams[node_id].get(field)
+        streams = self.streams.get(node_id)
+        stream = streams.get(field) if streams else None
         if stream is not None:  # None: a chunk of a field that does not stream (dropped by contract)
             stream.push(text)
             for name in stream.outputs:
@@ -184,14 +185,18 @@ class Run:
         if self._waiting[node_id] == 0 and node_id in self._active:
             self._launch(node_id)
 
-    def _mark_started(self, pn: PlanNode) -> None:
-        self.state[pn.id] = "running"
+    def _open_streams(self, pn: PlanNode) -> None:
+        """Create the node's output streams (once): at its start, or when a stand-in takes over for it."""
         if pn.stream_outputs:
             streams = self.streams.setdefault(pn.id, {})
             for field in pn.stream_outputs:
                 if field not in streams:
                     streams[field] = stream = ChunkStream()
                     stream.outputs = self._listening.get((pn.id, field), [])
+
+    def _mark_started(self, pn: PlanNode) -> None:
+        self.state[pn.id] = "running"
+        self._open_streams(pn)
         for dependant in pn.dependants:
             if pn.id in self.plan.nodes[dependant].stream_deps:
                 self._count_down(dependant)
@@ -278,6 +283,7 @@ class Run:
             self.emit("node_fallback", pn.id, {"to": target, "error": err, "attempts": attempts})
             self._replaced_by[pn.id] = target
             self._stand_in.setdefault(target, []).append(pn.id)
+            self._open_streams(pn)  # it may have failed before it started: its consumers read these
             if self.state.get(target) in ("done", "skipped", "failed"):
                 self._settle_stand_in(pn.id, target, self.state[target], self.values.get(target))
             else:

@@ -251,3 +251,18 @@ nodes:
 """)
     result = await run_flow(plan, {"long": True})
     assert result.status == "ok" and result.outputs == {"answer": "chosen"}
+
+
+async def test_node_failing_before_it_starts_falls_back_and_streams_to_its_consumers():
+    # regression: the stand-in pushed into streams the failed node never opened (KeyError)
+    plan = flow("""
+inputs: {q: {type: string}}
+outputs: {answer: "${loud.text}"}
+nodes:
+  main: {type: scripted, text: never, when: "inputs.q.nope.deeper", fallback: spare}
+  spare: {type: scripted, text: "spare words"}
+  loud: {type: python, function: "tests.runtime_funcs:shout", stream: true, stream_args: [text], args: {text: "${main.text}"}}
+""")
+    result = await run_flow(plan, {"q": "hi"})
+    assert result.outputs == {"answer": "SPARE WORDS"}
+    assert next(e for e in result.events if e.type == "node_fallback").data["error"]["kind"] == "config"

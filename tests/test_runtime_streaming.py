@@ -237,3 +237,21 @@ nodes:
 """)
     result = await run_flow(plan)
     assert result.error["kind"] == "config" and "unsafe operation" in result.error["message"]
+
+
+async def test_chunks_of_a_node_without_streaming_outputs_are_dropped_not_fatal():
+    # regression: push() raised KeyError for a node that yields text but declares no stream
+    from rillflow.nodes.base import Node, NodeConfig, Output, register
+
+    @register("test_chatty")
+    class Chatty(Node):
+        class Config(NodeConfig):
+            pass
+
+        async def run(self, ctx, inputs):
+            yield "stray chunk"
+            yield Output(value=42)
+
+    result = await run_flow(flow('outputs: {v: "${c.value}"}\nnodes:\n  c: {type: test_chatty}\n'))
+    assert result.status == "ok" and result.outputs == {"v": 42}
+    assert "chunk" not in types(result)
