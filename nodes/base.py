@@ -29,8 +29,8 @@ the one retry loop and the one deadline (reliability notes, section 1.5).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -132,10 +132,25 @@ class RunContext(Protocol):
     async def to_thread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
 
 
+@dataclass(frozen=True)
+class FlowEnv:
+    """What a node knows of the flow it is in: its name, its folder and the models and collections it
+    declares (validated ``runtime.spec`` objects, with ``${env.*}`` already substituted)."""
+
+    name: str = ""
+    flow_dir: str = "."
+    models: Mapping[str, Any] = field(default_factory=dict)
+    collections: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # model specs hold resolved API keys: never print them
+        return f"FlowEnv(name={self.name!r}, models={sorted(self.models)}, collections={sorted(self.collections)})"
+
+
 class CheckContext(Protocol):
     """What a node's load-time ``check`` may use to report problems at exact positions."""
 
     flow_dir: str
+    env: FlowEnv
 
     def error(self, field_loc: tuple[str | int, ...], code: str, message: str, *, offset: int = 0, template_line: int | None = None) -> None: ...
 
@@ -146,10 +161,11 @@ class Node:
     Config: ClassVar[type[NodeConfig]] = NodeConfig
     type_name: ClassVar[str] = ""
 
-    def __init__(self, node_id: str, config: NodeConfig, flow_dir: str = ".") -> None:
+    def __init__(self, node_id: str, config: NodeConfig, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
         self.id = node_id
         self.config = config
         self.flow_dir = flow_dir
+        self.env = env or FlowEnv(flow_dir=flow_dir)
 
     @classmethod
     def outputs(cls, config: Any) -> dict[str, OutputField]:
@@ -158,6 +174,11 @@ class Node:
     @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> None:
         """Extra load-time checks; report through ``ctx.error``."""
+
+    def prepare(self) -> None:
+        """Open what this node needs (models, embedders, collections) before the first run: blocking,
+        called once per plan in a worker thread. Raise ``NodeError("config", ...)`` when something is
+        missing; the message names what and how to fix it. Loads go through ``RESOURCES`` (once per process)."""
 
     def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:
         raise TypeError(f"node type {self.type_name!r} does not implement run()")
@@ -208,6 +229,20 @@ def get_node_type(name: str) -> type[Node] | None:
     if name not in _REGISTRY:
         _load_entry_points()
     return _REGISTRY.get(name)
+
+
+def check_resource_name(ctx: CheckContext, loc: tuple[str | int, ...], section: str, name: Any) -> bool:
+    """Report (E027) a node naming a model or collection the flow does not declare."""
+    from rillflow.runtime.errors import suggest
+
+    available = ctx.env.models if section == "models" else ctx.env.collections
+    if not isinstance(name, str) or name in available:
+        return True
+    kind = section.rstrip("s")
+    known = ", ".join(sorted(available)) or "none"
+    hint = suggest(name, available)
+    ctx.error(loc, "E027", f"unknown {kind} '{name}': declare it under '{section}:' (declared: {known}){hint}")
+    return False
 
 
 def stream_fields(config_cls: type[NodeConfig]) -> frozenset[str]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rillflow.nodes.base import CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import FlowEnv, CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.templating import SecurityError, TemplateSyntaxError, compile_template, undeclared_variables
 
@@ -65,8 +65,8 @@ class PromptNode(Node):
             for name in sorted(needed - provided):
                 ctx.error(loc, "E020", f"template variable '{name}' is not given: add it to 'vars' (vars: {{{name}: ${{inputs.{name}}}}})")
 
-    def __init__(self, node_id: str, config: Any, flow_dir: str = ".") -> None:
-        super().__init__(node_id, config, flow_dir)
+    def __init__(self, node_id: str, config: Any, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
+        super().__init__(node_id, config, flow_dir, env)
         if config.messages is not None:
             self._messages = [(m.role, compile_template(m.content)) for m in config.messages]
         else:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rillflow.nodes.base import CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import FlowEnv, CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 
 ALLOW_ENV = "RILL_PYTHON_ALLOW"
@@ -67,8 +67,8 @@ class PythonNode(Node):
 
     config: PythonNode.Config
 
-    def __init__(self, node_id: str, config: Any, flow_dir: str = ".") -> None:
-        super().__init__(node_id, config, flow_dir)
+    def __init__(self, node_id: str, config: Any, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
+        super().__init__(node_id, config, flow_dir, env)
         self._fn: Callable[..., Any] | None = None
 
     def _function(self) -> Callable[..., Any]:

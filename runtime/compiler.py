@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from rillflow.nodes.base import POLICY_FIELDS, Node, NodeConfig, OutputField, get_node_type, stream_fields
+from rillflow.nodes.base import POLICY_FIELDS, FlowEnv, Node, NodeConfig, OutputField, get_node_type, stream_fields
 from rillflow.runtime.errors import FlowError, suggest
 from rillflow.runtime.plan import Plan, PlanNode, StreamEdge
 from rillflow.runtime.policies import normalise_timeout
@@ -82,6 +82,8 @@ class _Compiler:
                     outputs = {f: OutputField("list", description=f"{o.type} per item") for f, o in outputs.items()}
                 self.outputs[node_id] = outputs
         self._check_resource_refs(data)
+        self.flow_env = FlowEnv(name=str(top.get("name", "")), flow_dir=self.flow_dir,
+                                models=_declared(top, data, "models"), collections=_declared(top, data, "collections"))
         for node_id, config in self.configs.items():
             self._check_node(node_id, config)
         output_refs = self._check_outputs(top.get("outputs"))
@@ -320,7 +322,7 @@ class _Compiler:
             assert node_cls is not None
             inputs = {k: getattr(config, k) for k in type(config).model_fields if k not in POLICY_FIELDS and k != "type"}
             nodes[node_id] = PlanNode(
-                id=node_id, type=config.type, node=node_cls(node_id, config, self.flow_dir), config=config,
+                id=node_id, type=config.type, node=node_cls(node_id, config, self.flow_dir, self.flow_env), config=config,
                 inputs=MappingProxyType(inputs), wired=frozenset(k for k, v in inputs.items() if _has_ref(v)),
                 stream_inputs=frozenset(self.stream_inputs[node_id]),
                 deps=tuple(sorted(self.deps[node_id])),
@@ -342,6 +344,7 @@ class _Compiler:
             nodes=MappingProxyType(nodes), order=tuple(n for n in order if n in nodes),
             stream_edges=frozenset(e for e in self.stream_edges if e.target == "outputs" or e.target in nodes),
             concurrency=top.get("concurrency"), warnings=tuple(self.out.items), secrets=frozenset(self.secrets),
+            env=self.flow_env,
         )
 
     def _needed(self, outputs: dict[str, Any], fallback_of: dict[str, str]) -> set[str]:
@@ -374,9 +377,19 @@ class _CheckContext:
         self._compiler = compiler
         self._base = base
         self.flow_dir = compiler.flow_dir
+        self.env = compiler.flow_env
 
     def error(self, field_loc: Loc, code: str, message: str, *, offset: int = 0, template_line: int | None = None) -> None:
         self._compiler.out.at((*self._base, *field_loc), code, message, offset=offset, template_line=template_line)
+
+
+def _declared(top: dict[str, Any], data: dict[str, Any], section: str) -> dict[str, Any]:
+    """The validated models or collections; when the section itself is invalid (already reported),
+    its names with no spec, so nodes naming them get no second, misleading error."""
+    if section in top:
+        return dict(top[section])
+    raw = data.get(section)
+    return dict.fromkeys(raw, None) if isinstance(raw, dict) else {}
 
 
 def _accepts_stream(node_cls: type[Node], config: NodeConfig, loc: Loc) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rillflow.nodes.base import Node, NodeConfig, OutputField
+from rillflow.nodes.base import FlowEnv, Node, NodeConfig, OutputField
 from rillflow.runtime.errors import Diagnostic
 from rillflow.runtime.policies import MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
 from rillflow.runtime.spec import FlowSpec, InputSpec
@@ -64,6 +64,9 @@ class Plan:
     concurrency: int | None
     warnings: tuple[Diagnostic, ...] = ()
     secrets: frozenset[str] = field(default_factory=frozenset)
+    env: FlowEnv = field(default_factory=FlowEnv)
+    #: Mutable per-plan runtime state (e.g. "prepared"): a plan is compiled once and run many times.
+    state: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:  # the spec and node configs hold resolved secrets: never print them
         return f"Plan(name={self.name!r}, nodes={list(self.order)})"

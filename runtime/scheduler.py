@@ -124,7 +124,9 @@ class Run:
     async def events(self) -> AsyncIterator[Event]:
         queue = self._queue
         try:
-            self._start()
+            self._announce()
+            if self.plan.state.get("prepared") or await self._prepare():
+                self._start()
             while True:
                 while queue:
                     event = queue.popleft()
@@ -137,10 +139,24 @@ class Run:
         finally:
             await self._shutdown()
 
+    def _announce(self) -> None:
+        self.emit("run_started", None, {"flow": self.plan.name, "inputs": sorted(self.resolver.inputs),
+                                        "started_at": datetime.now(timezone.utc).isoformat()})
+
+    async def _prepare(self) -> bool:
+        """First run of a plan nobody prepared: open its models and collections now (once)."""
+        from rillflow.runtime.prepare import PrepareError, prepare
+
+        try:
+            await prepare(self.plan)
+        except PrepareError as exc:
+            node = next(iter(exc.problems))
+            self.emit("run_failed", None, {"error": {"kind": "config", "message": self.redact(str(exc)), "node": node}})
+            return False
+        return True
+
     def _start(self) -> None:
         plan = self.plan
-        self.emit("run_started", None, {"flow": plan.name, "inputs": sorted(self.resolver.inputs),
-                                        "started_at": datetime.now(timezone.utc).isoformat()})
         for node_id in plan.order:
             if self._waiting[node_id] == 0 and node_id in self._active:
                 self._launch(node_id)

@@ -52,6 +52,7 @@ DIAGNOSTICS: dict[str, str] = {
     "E024": "Malformed reference: unclosed `${`, empty `${}`, a bad path segment, `${node}` or `${inputs}` without a field, a bad `${env.NAME}`, or `env` merged with `??`.",
     "E025": "`${item}` used in a node that has no `map`.",
     "E026": "A reference to a node or input inside `models` or `collections`: they are opened before any node runs, so only `${env.NAME}` can reach them.",
+    "E027": "A node names a model or collection (`model: small`, `collection: docs`) that the flow does not declare under `models:` or `collections:`.",
     "E030": "Duplicate mapping key (the message gives the first one's position).",
     "E040": "The graph has a cycle (the message names it, e.g. `a -> b -> a`); fallback links count as edges.",
     "E041": "A node is its own fallback, or a fallback chain loops back to its start.",

@@ -1,0 +1,48 @@
+"""Open what a plan's nodes need (models, embedders, collections) before its first run.
+
+Loading is slow (seconds) and can fail for reasons only the operator can fix (a model not installed,
+a Qdrant folder locked by another process), so it happens once per plan, before any request is
+served: `rill serve` calls it at start-up, `rill run` before the run; a run of an unprepared plan
+prepares it first. Resources themselves are shared per process (``RESOURCES``), so two flows naming
+the same model load it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from rillflow.runtime.context import executor
+from rillflow.runtime.errors import NodeError
+from rillflow.runtime.plan import Plan
+
+
+class PrepareError(Exception):
+    """A node could not open what it needs; ``problems`` maps node id -> a message for the operator."""
+
+    def __init__(self, flow: str, problems: dict[str, str]) -> None:
+        self.flow = flow
+        self.problems = problems
+        lines = "; ".join(f"node '{node}': {message}" for node, message in problems.items())
+        super().__init__(f"flow '{flow}' cannot start: {lines}")
+
+
+async def prepare(plan: Plan) -> None:
+    """Prepare every node of ``plan`` (concurrently, in worker threads); idempotent."""
+    if plan.state.get("prepared"):
+        return
+    loop = asyncio.get_running_loop()
+    nodes = list(plan.nodes.values())
+    results = await asyncio.gather(*(loop.run_in_executor(executor(), pn.node.prepare) for pn in nodes), return_exceptions=True)
+    problems: dict[str, str] = {}
+    for pn, result in zip(nodes, results):
+        if isinstance(result, NodeError):
+            problems[pn.id] = result.message
+        elif isinstance(result, BaseException):
+            problems[pn.id] = f"{type(result).__name__}: {result}"
+    if problems:
+        raise PrepareError(plan.name, problems)
+    plan.state["prepared"] = True
+
+
+def prepare_sync(plan: Plan) -> None:
+    asyncio.run(prepare(plan))
