@@ -11,8 +11,8 @@ A **node type** is a class registered under a name (``@register("prompt")``) wit
 * ``check(config, ctx)`` (optional): extra load-time checks (template syntax, allowlists).
 * ``async run(ctx, inputs)``: an async generator. ``inputs`` is the config as a plain dict with every
   reference resolved (a ``Streamed`` field fed by a stream arrives as an ``AsyncIterator[str]``). It
-  may yield ``Progress`` and ``Chunk`` items in any number (a plain ``str`` is a chunk of the ``text``
-  output: the cheapest form, for the per-token path), and must end with exactly one ``Output``
+  may yield ``Progress``, ``Chunk`` and ``Signal`` items in any number (a plain ``str`` is a chunk of
+  the ``text`` output: the cheapest form, for the per-token path), and must end with exactly one ``Output``
   holding a value for each declared output field (a streamed field's value is its joined text).
 
 What is cheap and what is heavy: a node instance is built once per compiled plan and shared by every
@@ -104,11 +104,22 @@ class Progress(NamedTuple):
     message: str = ""
 
 
+SignalType = Literal["retract", "guardrail_flagged", "route_chosen", "model_queued"]
+
+
+class Signal(NamedTuple):
+    """A node-level event beyond chunks and progress: a guardrail verdict, a retraction of text
+    already streamed, a routing decision, a wait for a shared model. Emitted as an event of ``type``."""
+
+    type: SignalType
+    data: dict[str, Any]
+
+
 class Output(dict[str, Any]):
     """The node's final values, one per declared output field."""
 
 
-Emit = str | Chunk | Progress | Output
+Emit = str | Chunk | Progress | Signal | Output
 
 
 class RunContext(Protocol):
@@ -117,6 +128,8 @@ class RunContext(Protocol):
     run_id: str
     node_id: str
     attempt: int
+    #: The tenant the run is for, set by the caller (API key, server), never by flow input or prompt.
+    tenant: str | None
 
     def progress(self, done: int, total: int | None = None, message: str = "") -> None: ...
 
@@ -203,7 +216,8 @@ def register(name: str) -> Callable[[type[Node]], type[Node]]:
 
 def _load_builtins() -> None:
     # Imported for their @register side effect; kept light so `rill validate` stays fast.
-    from rillflow.nodes import prompt, python, scripted, static  # noqa: F401
+    # Each module imports its heavy libraries (llama_cpp, torch, qdrant_client, openai) lazily.
+    from rillflow.nodes import guardrail, llm, prompt, python, retrieve, route, scripted, static  # noqa: F401
 
 
 def _load_entry_points() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rillflow.nodes.base import FlowEnv, CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import CheckContext, Emit, FlowEnv, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.templating import SecurityError, TemplateSyntaxError, compile_template, undeclared_variables
 

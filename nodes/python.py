@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rillflow.nodes.base import FlowEnv, CheckContext, Emit, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
+from rillflow.nodes.base import CheckContext, Emit, FlowEnv, Node, NodeConfig, Output, OutputField, RunContext, Wired, register
 from rillflow.runtime.errors import NodeError
 
 ALLOW_ENV = "RILL_PYTHON_ALLOW"

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
-from rillflow.nodes.base import Chunk, Output, Progress
+from rillflow.nodes.base import Chunk, Output, Progress, Signal
 from rillflow.runtime.context import NodeContext
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.streams import StreamFailed, StreamSkipped
@@ -130,6 +130,8 @@ async def _drive(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index
                 return _check_output(pn, emit)
             elif isinstance(emit, Progress):
                 ctx.progress(emit.done, emit.total, emit.message)
+            elif isinstance(emit, Signal):
+                run.emit(emit.type, node_id, emit.data if item_index is None else {**emit.data, "index": item_index})
     finally:
         streamed[0] = count
     raise NodeError("internal", f"node '{pn.id}' ended without an output")

@@ -72,11 +72,12 @@ def executor() -> ThreadPoolExecutor:
 class NodeContext:
     """The RunContext a node attempt receives (see the contract in rillflow.nodes.base)."""
 
-    __slots__ = ("_run", "attempt", "item_index", "node_id", "run_id", "usage_totals")
+    __slots__ = ("_run", "attempt", "item_index", "node_id", "run_id", "tenant", "usage_totals")
 
     def __init__(self, run: Run, node_id: str, attempt: int, item_index: int | None = None) -> None:
         self._run = run
         self.run_id = run.run_id
+        self.tenant = run.tenant
         self.node_id = node_id
         self.attempt = attempt
         self.item_index = item_index

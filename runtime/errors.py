@@ -29,12 +29,14 @@ ERROR_KINDS = (
     "auth",  # credentials refused
     "invalid_output",  # output failed its schema or parse
     "guardrail",  # a guardrail blocked the value
+    "empty",  # nothing found (retrieval with on_empty: fail), for on_fail/fallback to handle
+    "protocol",  # the provider sent something malformed (bad chunk, stream cut without a finish reason)
     "config",  # the node cannot run as configured
     "internal",  # an unexpected exception inside a node
 )
 
 #: Kinds retried unless a node's retry policy names others (reliability notes, section 1.5).
-RETRYABLE_KINDS = ("timeout", "rate_limit", "server", "connection")
+RETRYABLE_KINDS = ("timeout", "rate_limit", "server", "connection", "protocol")
 
 MAX_DIAGNOSTICS = 50
 

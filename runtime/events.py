@@ -9,6 +9,10 @@ run_started        flow, inputs (names only), started_at (ISO 8601 wall clock)
 node_started       attempt, node_type [, item]
 node_progress      done, total, message [, index, value for map items]
 chunk              output (flow output name), text
+retract            reason, check [, chars]: drop the text this node streamed so far (guardrail)
+guardrail_flagged  check, action ('block', 'redact', 'flag'), detail [, count]
+route_chosen       branch, reason [, scores]
+model_queued       model, wait_ms: the node waited for a shared local model
 node_retry         attempt (the one that failed), error {kind, message}, delay (s)
 node_fallback      to (the stand-in node), error {kind, message}
 node_skipped       reason
@@ -29,6 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 EventType = Literal[
     "run_started", "node_started", "node_progress", "chunk", "node_retry", "node_fallback",
+    "retract", "guardrail_flagged", "route_chosen", "model_queued",
     "node_skipped", "node_finished", "node_failed", "run_finished", "run_failed",
 ]
 TERMINAL: frozenset[str] = frozenset({"run_finished", "run_failed"})

@@ -34,7 +34,7 @@ async def prepare(plan: Plan) -> None:
     nodes = list(plan.nodes.values())
     results = await asyncio.gather(*(loop.run_in_executor(executor(), pn.node.prepare) for pn in nodes), return_exceptions=True)
     problems: dict[str, str] = {}
-    for pn, result in zip(nodes, results):
+    for pn, result in zip(nodes, results, strict=True):
         if isinstance(result, NodeError):
             problems[pn.id] = result.message
         elif isinstance(result, BaseException):

@@ -33,9 +33,11 @@ EventListener = Callable[[Event], None]
 class Run:
     """The state of one run of a plan. Create with ``run()``; not reusable."""
 
-    def __init__(self, plan: Plan, inputs: dict[str, Any], run_id: str, listeners: tuple[EventListener, ...]) -> None:
+    def __init__(self, plan: Plan, inputs: dict[str, Any], run_id: str, listeners: tuple[EventListener, ...],
+                 tenant: str | None = None) -> None:
         self.plan = plan
         self.run_id = run_id
+        self.tenant = tenant
         self.listeners = listeners
         self.values: dict[str, dict[str, Any]] = {}
         self.state: dict[str, str] = {}  # running | done | skipped | failed
@@ -354,12 +356,13 @@ class Run:
 
 
 def run(plan: Plan, inputs: dict[str, Any] | None = None, *, run_id: str | None = None,
-        listeners: tuple[EventListener, ...] = ()) -> AsyncIterator[Event]:
+        listeners: tuple[EventListener, ...] = (), tenant: str | None = None) -> AsyncIterator[Event]:
     """Run a plan: ``async for event in run(plan, {"question": "..."})``.
 
     Raises InputError at once, before anything runs, when the inputs do not fit the flow. Closing the
     iterator (``aclose()``, or cancelling the task consuming it) cancels every running node and waits
-    for them. The iterator is the run's own generator, with no wrapper layers: they cost per event.
+    for them. ``tenant`` scopes tenant-aware nodes (retrieval filters, caches); it comes from the
+    caller's identity, never from flow inputs. The iterator is the run's own generator, with no wrapper layers: they cost per event.
     """
     checked = check_inputs(plan, inputs or {})
-    return Run(plan, checked, run_id or uuid.uuid4().hex, listeners).events()
+    return Run(plan, checked, run_id or uuid.uuid4().hex, listeners, tenant).events()

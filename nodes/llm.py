@@ -1,0 +1,1 @@
+"""Placeholder until this node type lands (issue 4)."""
