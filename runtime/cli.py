@@ -114,6 +114,7 @@ def run_flow(
 
     plan = _load_or_exit(flow)
     given = _gather_inputs(plan, input or [], inputs_file)
+    _prepare_or_exit(plan)
     try:
         code = asyncio.run(_run_and_print(plan, given, events))
     except KeyboardInterrupt:
@@ -193,6 +194,27 @@ def _print_outputs(outputs: dict[str, object], streams: frozenset[str], *, strea
         typer.echo(next(iter(rest.values())))
     elif rest:
         typer.echo(json.dumps(rest, indent=2, ensure_ascii=False, default=str))
+
+
+def _prepare_or_exit(plan) -> None:  # type: ignore[no-untyped-def]
+    """Open models and collections before the run, so loading time and problems are reported as such."""
+    from rillflow.runtime.console import stderr_console
+    from rillflow.runtime.prepare import PrepareError, prepare_sync
+
+    console = stderr_console()
+    try:
+        with console.status(f"loading models and collections of {plan.name}…") if console.is_terminal else _nothing():
+            prepare_sync(plan)
+    except PrepareError as exc:
+        for node, message in exc.problems.items():
+            typer.echo(f"{plan.path}: node '{node}': {message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _nothing():  # type: ignore[no-untyped-def]
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 
 def _load_or_exit(flow: Path):  # type: ignore[no-untyped-def]

@@ -299,6 +299,9 @@ class Run:
         target = pn.fallback
         if target is not None and target in self.plan.nodes:
             self.emit("node_fallback", pn.id, {"to": target, "error": err, "attempts": attempts})
+            partial = sum(len(c) for stream in self.streams.get(pn.id, {}).values() for c in stream.chunks)
+            if partial:  # it died mid-stream: clients drop its partial text before the stand-in's arrives
+                self.emit("retract", pn.id, {"reason": "fallback", "check": None, "chars": partial})
             self._replaced_by[pn.id] = target
             self._stand_in.setdefault(target, []).append(pn.id)
             self._open_streams(pn)  # it may have failed before it started: its consumers read these

@@ -56,7 +56,9 @@ class LlamaCppModel(Strict):
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to the GPU; -1 for all (needs a CUDA build).")
     temperature: float = Field(0.2, ge=0, le=2)
     seed: int | None = None
-    price_per_mtok: Price | None = None
+    chat_template: str | None = Field(None, description="gemma, chatml, or a Jinja2 chat template; default: the GGUF's own, else by architecture.")
+    prompt_lookup: int = Field(0, ge=0, le=64, description="Prompt-lookup speculative decoding: tokens drafted per step (0 = off; try 10 for RAG).")
+    price_per_mtok: Price | None = Field(None, description="Optional: price local compute per million tokens, for cost reports.")
 
     @model_validator(mode="after")
     def _model_or_path(self) -> LlamaCppModel:
