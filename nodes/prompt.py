@@ -310,7 +310,8 @@ def _check_budget(budget: Budget, provided: set[str], ctx: CheckContext) -> None
             return
         size = size if size is not None else int(spec.n_ctx)
     if size is not None and budget.reserve >= size:
-        ctx.error(("budget",), "E142", f"budget.reserve ({budget.reserve}) leaves no room in a context of {size} tokens: lower it or raise the size")
+        loc: tuple[str | int, ...] = ("budget", "reserve") if "reserve" in budget.model_fields_set else ("budget",)
+        ctx.error(loc, "E142", f"budget.reserve ({budget.reserve}) leaves no room in a context of {size} tokens: lower it or raise the size")
 
 
 def _read(flow_dir: str, name: str) -> str:

@@ -195,7 +195,7 @@ def _check_conditions(conditions: list[Condition], provided: set[str], ctx: Chec
 
 def _check_examples(examples: dict[str, list[str]], default: str, ctx: CheckContext) -> None:
     if len(examples) < 2:
-        ctx.error(("examples",), "E132", "a classifier needs examples for at least two branches (with one, use a static branch)")
+        ctx.error(("examples",), "E132", "a classifier needs examples for at least two branches (one branch leaves nothing to choose)")
     seen: dict[str, str] = {}
     for branch, texts in examples.items():
         if not texts:

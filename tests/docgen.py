@@ -53,6 +53,7 @@ DIAGNOSTICS: dict[str, str] = {
     "E025": "`${item}` used in a node that has no `map`.",
     "E026": "A reference to a node or input inside `models` or `collections`: they are opened before any node runs, so only `${env.NAME}` can reach them.",
     "E027": "A node names a model or collection (`model: small`, `collection: docs`) that the flow does not declare under `models:` or `collections:`.",
+    "E100": "An `llm` node's `json_schema` is not a valid JSON Schema (draft 2020-12); the message names the first problem.",
     "E030": "Duplicate mapping key (the message gives the first one's position).",
     "E040": "The graph has a cycle (the message names it, e.g. `a -> b -> a`); fallback links count as edges.",
     "E041": "A node is its own fallback, or a fallback chain loops back to its start.",
@@ -73,6 +74,14 @@ DIAGNOSTICS: dict[str, str] = {
     "E085": "The file is not valid UTF-8, or contains a NUL byte.",
     "E090": "A string that looks like a literal credential (`sk-...`, `Bearer ...`, `ghp_...`, `AKIA...`, `xoxb-...`, `AIza...`, a PEM private key). The value is never echoed.",
     "E091": "`${env.NAME}` names an environment variable that is not set.",
+    "E130": "Syntax error in a `route` node's condition (`conditions[].when`).",
+    "E131": "A `route` condition reads a name its `vars` do not give.",
+    "E132": "A `route` classifier's `examples` name fewer than two branches, a branch with no examples, an empty example, or one example in two branches.",
+    "E133": "A `route` classifier's `default` is not one of the branches in `examples`.",
+    "E134": "A `route` node's `embedder` is neither a packaged model nor a folder beside the flow.",
+    "E140": "A `prompt` node's `budget.trim` names no entry of its `vars`.",
+    "E141": "A `prompt` budget names an `openai` model, which declares no context size, without `budget.max_tokens`.",
+    "E142": "A `prompt` budget's `reserve` is as large as the context size, leaving no room for the prompt.",
     "W050": "A node is used by no output (directly, through other nodes, or as a fallback): it is left out of the plan.",
 }
 

@@ -97,6 +97,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "output_streams": {"answer"},
         "fallback_only": set(),
     },
+    "route_models.yaml": {
+        "order": ("prompt", "route", "large", "small"),
+        "deps": {"prompt": (), "route": (), "large": ("prompt", "route"), "small": ("prompt", "route")},  # route.branch read in `when`
+        "dependants": {"prompt": ("large", "small"), "route": ("large", "small"), "large": (), "small": ()},
+        "stream_edges": {("small", "text", "outputs", "answer"), ("large", "text", "outputs", "answer")},
+        "output_streams": {"answer"},
+        "fallback_only": set(),
+    },
     "env_models.yaml": {
         "order": ("answer",),
         "deps": {"answer": ()},
