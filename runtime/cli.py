@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from rillflow.runtime.ingest_cli import add_ingest_command
+
 app = typer.Typer(
     name="rill",
     help="rillflow: YAML flows for RAG apps, streamed through the graph.",
@@ -20,6 +22,7 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2
+add_ingest_command(app)
 
 
 class Format(str, Enum):
