@@ -74,6 +74,7 @@ DIAGNOSTICS: dict[str, str] = {
     "E085": "The file is not valid UTF-8, or contains a NUL byte.",
     "E090": "A string that looks like a literal credential (`sk-...`, `Bearer ...`, `ghp_...`, `AKIA...`, `xoxb-...`, `AIza...`, a PEM private key). The value is never echoed.",
     "E091": "`${env.NAME}` names an environment variable that is not set.",
+    "E120": "A `retrieve` node's `filter` names `tenant`: the tenant comes from the run's caller (API key, server), never from the flow, and every search is scoped by it already.",
     "E130": "Syntax error in a `route` node's condition (`conditions[].when`).",
     "E131": "A `route` condition reads a name its `vars` do not give.",
     "E132": "A `route` classifier's `examples` name fewer than two branches, a branch with no examples, an empty example, or one example in two branches.",

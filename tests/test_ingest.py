@@ -189,7 +189,7 @@ def test_a_folder_others_can_write_is_refused(tmp_path: Path, embedder: Embedder
     opened = open_collection(local_spec(tmp_path / "q"), label="docs", flow_dir=str(tmp_path), dim=embedder.dim, create=True)
     opened.close()
     (tmp_path / "q").chmod(0o777)
-    with pytest.raises(NodeError, match="writable by other users .*chmod 700"):
+    with pytest.raises(NodeError, match=r"writable by other users .*chmod 700"):
         open_collection(local_spec(tmp_path / "q"), label="docs", flow_dir=str(tmp_path), dim=embedder.dim)
 
 
