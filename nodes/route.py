@@ -189,8 +189,9 @@ def _check_conditions(conditions: list[Condition], provided: set[str], ctx: Chec
             ctx.error(loc, "E130", "condition syntax: the condition nests too deeply: simplify it")
             continue
         for name in sorted(names - provided):
-            ctx.error(loc, "E131", f"condition reads '{name}', which is not in vars{suggest(name, provided)}: "
-                                   f"add it to 'vars' (vars: {{{name}: ${{inputs.{name}}}}})")
+            hint = ("conditions read vars, not inputs: add vars: {NAME: ${inputs.NAME}} and test NAME" if name == "inputs"
+                    else f"add it to 'vars' (vars: {{{name}: ${{inputs.{name}}}}}, or a node's ${{node.field}})")
+            ctx.error(loc, "E131", f"condition reads '{name}', which is not in vars{suggest(name, provided)}: {hint}")
 
 
 def _check_examples(examples: dict[str, list[str]], default: str, ctx: CheckContext) -> None:

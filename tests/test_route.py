@@ -214,6 +214,7 @@ BAD = [
     ("conditions: [{when: 'n ==', branch: a}]\n    vars: {n: 1}\n    default: b", "E130", "condition syntax"),
     ("conditions: [{when: 'count > 2', branch: a}]\n    vars: {cuont: 1}\n    default: b", "E131",
      "condition reads 'count', which is not in vars; did you mean 'cuont'?"),
+    ("conditions: [{when: 'inputs.n > 2', branch: a}]\n    default: b", "E131", "conditions read vars, not inputs"),
     ("text: hi\n    examples: {a: [x, y]}\n    default: a", "E132", "at least two branches"),
     ("text: hi\n    examples: {a: [x], b: []}\n    default: a", "E132", "branch 'b' has no examples"),
     ("text: hi\n    examples: {a: [x, '  '], b: [y]}\n    default: a", "E132", "example 2 of branch 'a' is empty"),
