@@ -666,14 +666,19 @@ def _last_end(pattern: re.Pattern[str], text: str) -> int:
     return end
 
 
+#: Characters a cut without a sentence end keeps back: longer than any spaced entity (an IBAN with
+#: spaces has at most 42), so one that is not complete yet is never released in part.
+HOLD = 48
+
+
 def release_point(pending: str, buffer_chars: int) -> int:
     """How much of a stream's unreleased text may be checked and released now: up to the last
-    sentence end; past ``buffer_chars`` without one, up to the last space or clause mark; past four
-    times that, all but the last 64 characters (a long token keeps its tail for the next window)."""
+    sentence end; past ``buffer_chars`` without one, up to the last space or clause mark that leaves
+    ``HOLD`` characters behind; past four times that, all but the last 64 characters (one long token)."""
     end = _last_end(_SENTENCE_END, pending)
     if end or len(pending) < buffer_chars:
         return end
-    end = _last_end(_CLAUSE_END, pending)
+    end = _last_end(_CLAUSE_END, pending[: len(pending) - HOLD])
     if end:
         return end
-    return len(pending) - 64 if len(pending) >= 4 * buffer_chars else 0
+    return len(pending) - 64 if len(pending) >= max(4 * buffer_chars, 64) else 0

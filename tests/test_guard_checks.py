@@ -406,7 +406,14 @@ def test_release_point_prefers_sentence_ends_then_clauses_then_a_hard_cut():
     assert gc.release_point("Done.", 400) == 0  # the full stop may still be '...' or '.5': wait for what follows
     assert gc.release_point("第一句。第二", 400) == len("第一句。")
     assert gc.release_point("line one\nline", 400) == len("line one\n")
-    assert gc.release_point("no sentence end yet and more words", 16) == len("no sentence end yet and more ")
-    long_token = "x" * 100
-    assert gc.release_point(long_token, 16) == 100 - 64
+    words = "no sentence end yet, only words that go on and on and on for a while"
+    assert gc.release_point(words, 16) == len("no sentence end yet,")  # the last 48 characters wait
+    assert gc.release_point(words, 400) == 0
+    assert gc.release_point("x" * 100, 16) == 100 - 64  # one long token: all but its tail
     assert gc.release_point("x" * 40, 16) == 0
+
+
+def test_a_spaced_iban_is_never_cut_by_a_release_point():
+    text = "Please transfer the deposit to my account DE89 3704 0044 0532 0130 00 by Friday"
+    cut = gc.release_point(text, 16)
+    assert 0 < cut <= text.index("DE89")
