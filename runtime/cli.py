@@ -240,3 +240,7 @@ def main() -> None:
     except BrokenPipeError:  # `rill run ... | head`: the reader left; that is not an error
         sys.stderr.close()
         sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
