@@ -46,7 +46,7 @@ def _load(name: str, flow_dir: str) -> Embedder:
         from transformers.utils import logging as hf_logging
     except ImportError:
         raise NodeError("config", "sentence-transformers is not installed: pip install sentence-transformers") from None
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     except (OSError, ValueError) as exc:

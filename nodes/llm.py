@@ -216,7 +216,7 @@ def parse_json(text: str, validator: Any) -> tuple[Any, str]:
 
 def _grammar(schema: dict[str, Any]) -> Any:
     """A llama.cpp grammar from the schema: local models can then only emit JSON of that shape."""
-    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import LlamaGrammar
 
     try:
         return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)

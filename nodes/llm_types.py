@@ -36,4 +36,4 @@ def cost(price: Any, input_tokens: int, output_tokens: int) -> float | None:
     """Cost in the price table's currency, from a ``Price`` (per million tokens), or None without one."""
     if price is None:
         return None
-    return round((input_tokens * price.input + output_tokens * price.output) / 1_000_000, 10)
+    return round(float(input_tokens * price.input + output_tokens * price.output) / 1_000_000, 10)

@@ -7,7 +7,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -214,7 +214,7 @@ def _prepare_or_exit(plan) -> None:  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _nothing():  # type: ignore[no-untyped-def]
+def _nothing() -> Any:
     from contextlib import nullcontext
 
     return nullcontext()

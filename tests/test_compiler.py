@@ -151,7 +151,7 @@ def test_defaults_fill_in_policies_and_a_node_policy_replaces_the_default_whole(
     # `defaults.timeout: 30s` is normalised to a TimeoutPolicy.
     assert prompt.timeout == TimeoutPolicy(total=30.0, first_chunk=None)
     assert prompt.retry == RetryPolicy(attempts=3, backoff=0.2, max_backoff=2.0, jitter=False)
-    assert prompt.retry.on == ("timeout", "rate_limit", "server", "connection")
+    assert prompt.retry.on == ("timeout", "rate_limit", "server", "connection", "protocol")
     assert prompt.on_fail == Respond(respond="Sorry, something went wrong.")
     # The node's own timeout and retry win; its retry is not merged field by field with the default.
     assert answer.timeout == TimeoutPolicy(total=60.0, first_chunk=0.5)
