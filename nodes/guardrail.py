@@ -77,7 +77,7 @@ class InvisibleTextCheck(_Check):
 
     check: Literal["invisible_text"]
     action: Literal["block", "redact", "flag"] = Field("block", description="redact removes the characters.")
-    bidi: Literal["block", "flag", "ignore"] = Field("flag", description="What bidi overrides and isolates do.")
+    bidi: Literal["block", "redact", "flag", "ignore"] = Field("flag", description="What bidi overrides and isolates get.")
 
 
 class PiiCheck(_Check):
@@ -237,9 +237,14 @@ def effective_action(spec: Any) -> str:
     return "redact" if spec.check.endswith("_redact") else "block"
 
 
+def rewrites(spec: Any) -> bool:
+    """Whether a check changes the text it passes (which a stream in retract mode cannot take back)."""
+    return effective_action(spec) in ("redact", "truncate") or getattr(spec, "bidi", None) == "redact"
+
+
 # -- load-time checks --------------------------------------------------------------------------------
 def _check_spec(config: Any, spec: _Check, loc: tuple[str | int, ...], ctx: CheckContext) -> None:
-    if config.stream == "retract" and effective_action(spec) in ("redact", "truncate"):
+    if config.stream == "retract" and rewrites(spec):
         name = spec.name or spec.check  # type: ignore[attr-defined]
         ctx.error(loc, "E112", f"check '{name}' rewrites text, which cannot be taken back once streamed: "
                                "use stream: buffer, or action: block or flag")

@@ -76,7 +76,7 @@ DIAGNOSTICS: dict[str, str] = {
     "E091": "`${env.NAME}` names an environment variable that is not set.",
     "E110": "A `guardrail` regex check's pattern does not compile (the message gives the position in the pattern).",
     "E111": "A `guardrail` json_schema check's `schema` is not a valid JSON Schema for its draft (2020-12 unless `$schema` says otherwise).",
-    "E112": "A `guardrail` with `stream: retract` has a check that rewrites text (`pii_redact`, `secrets_redact`, action `redact` or `truncate`): streamed text cannot be rewritten after the fact.",
+    "E112": "A `guardrail` with `stream: retract` has a check that rewrites text (`pii_redact`, `secrets_redact`, action `redact` or `truncate`, `bidi: redact`): streamed text cannot be rewritten after the fact.",
     "E113": "A `guardrail` python check's `function` is not written `module:function`, or is not allowed by `RILL_PYTHON_ALLOW`.",
     "E120": "A `retrieve` node's `filter` names `tenant`: the tenant comes from the run's caller (API key, server), never from the flow, and every search is scoped by it already.",
     "E130": "Syntax error in a `route` node's condition (`conditions[].when`).",

@@ -112,6 +112,8 @@ async def test_invisible_text_redact_removes_the_characters_and_bidi_is_only_fla
     assert result.outputs["answer"] == "password \u202eevil\u202c ok"
     assert {(f["action"], f["detail"].split(" ", 1)[1]) for f in flags(result)} == {
         ("redact", "invisible character(s) (U+200B)"), ("flag", "bidirectional control character(s)")}
+    stripped = await run_flow(screen("[{check: invisible_text, action: redact, bidi: redact}]"), {"q": "pass\u200bword \u202eevil\u202c ok"})
+    assert stripped.outputs["answer"] == "password evil ok"
 
 
 async def test_pii_in_the_input_blocks_and_violations_never_hold_the_value():
@@ -287,9 +289,11 @@ async def test_retract_mode_flags_without_retracting():
     assert flags(result) == [{"check": "pii", "action": "flag", "detail": "email", "count": 1}]
 
 
-async def test_retract_mode_refuses_rewriting_checks_at_load_time():
-    with pytest.raises(FlowError, match="check 'secrets_redact' rewrites text, which cannot be taken back once streamed"):
-        guarded("[secrets_redact]", ["x"], ", stream: retract")
+@pytest.mark.parametrize("check", ["secrets_redact", "{check: pii, action: redact}", "{check: max_length, chars: 9, action: truncate}",
+                                   "{check: invisible_text, action: flag, bidi: redact}"])
+def test_retract_mode_refuses_rewriting_checks_at_load_time(check: str):
+    with pytest.raises(FlowError, match="rewrites text, which cannot be taken back once streamed"):
+        guarded(f"[{check}]", ["x"], ", stream: retract")
 
 
 # -- errors: fail closed, fail open -----------------------------------------------------------------------------
