@@ -41,8 +41,10 @@ BATCH = 64
 
 
 class Embedder(Protocol):
-    name: str
-    dim: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> list[list[float]]: ...
 
@@ -186,7 +188,7 @@ def ingest(paths: Sequence[Path], store: VectorStore, embedder: Embedder, *, bas
     store.delete(stale)
     summary.chunks_deleted = len(stale)
     if summary.chunks_written or stale or summary.previous_version is None:
-        summary.version = store.record_version(embedder=embedder.name, dim=embedder.dim, updated_at=time.time())
+        summary.version = store.record_version(embedder=embedder.name, updated_at=time.time())
     else:
         summary.version = summary.previous_version
     summary.seconds = time.perf_counter() - started

@@ -10,6 +10,7 @@ line on stderr, never a traceback.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -102,7 +103,6 @@ def _collection_spec(collection: str, flow: Path | None, path: str | None, url: 
 
 def _run(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | None, chunk_size: int, overlap: int) -> tuple[Any, Any]:
     from rillflow.nodes.chunking import check_sizes
-    from rillflow.nodes.embedder import load_embedder
     from rillflow.nodes.ingest import RichProgress, check_tenant, ingest, walk
     from rillflow.nodes.vectorstore import connect
 
@@ -115,9 +115,37 @@ def _run(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | Non
     # Ingestion writes big batches: a longer server timeout than retrieval's fail-fast one.
     store = connect(spec, label=label, flow_dir=str(base), timeout=60)  # a locked folder fails before the slow model load
     try:
-        model = load_embedder(spec.embedder, str(base))
-        store.ensure(dim=model.dim, embedder=spec.embedder, create=True)
+        model = _LazyEmbedder(spec.embedder, str(base), store)
+        if not store.exists():
+            model.load()  # creating the collection needs the vector size
         return ingest(paths, store, model, base=base, tenant=tenant, chunk_size=chunk_size, overlap=overlap, progress=RichProgress()), store
     except BaseException:
         store.close()
         raise
+
+
+class _LazyEmbedder:
+    """Loads the model (~10 s) only when a file needs embedding, so re-ingesting unchanged files
+    takes a second; the collection is checked against the model before anything is written."""
+
+    def __init__(self, name: str, flow_dir: str, store: Any) -> None:
+        self.name = name
+        self._flow_dir = flow_dir
+        self._store = store
+        self._model: Any = None
+
+    def load(self) -> Any:
+        if self._model is None:
+            from rillflow.nodes.embedder import load_embedder
+
+            model = load_embedder(self.name, self._flow_dir)
+            self._store.ensure(dim=model.dim, embedder=self.name, create=True)
+            self._model = model
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.load().dim)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> list[list[float]]:
+        return self.load().embed(texts, batch_size)  # type: ignore[no-any-return]

@@ -179,6 +179,36 @@ async def test_metadata_filters_narrow_the_search(kb: Path) -> None:
     assert [d["heading"] for d in heading.outputs["documents"]] == ["Moonfruit Farming > Pests"]
 
 
+def test_local_search_gives_what_a_filtered_qdrant_query_gives(tmp_path: Path) -> None:
+    """Regression for the local-mode shortcut (search unfiltered, filter the candidates): same hits
+    as Qdrant's own filtered search, both when the candidates suffice and when they do not."""
+    import random
+
+    from rillflow.nodes.vectorstore import SHARED, build_filter
+
+    rng = random.Random(3)
+    store = open_collection(CollectionResource(qdrant=QdrantLocal(path=str(tmp_path / "q"))), label="t", flow_dir=str(tmp_path), dim=8,
+                            create=True)
+    try:
+        points = []
+        for i in range(400):
+            tenant = "rare" if i % 50 == 0 else "acme" if i % 3 == 0 else SHARED
+            vector = [rng.gauss(0, 1) for _ in range(8)]
+            points.append((f"00000000-0000-0000-0000-{i:012d}", vector, {"tenant": tenant, "source": f"f{i % 40}.md", "chunk": i % 7}))
+        store.upsert(points)
+        cases = [({}, None), ({}, "acme"), ({}, "rare"), ({"source": "f0.md"}, None), ({"source": "f0.md"}, "rare"),
+                 ({"chunk": [1, 2]}, "acme"), ({"source": "f3.md", "chunk": 3}, None)]
+        for filters, tenant in cases:
+            for _ in range(10):
+                query = [rng.gauss(0, 1) for _ in range(8)]
+                got = [h.id for h in store.search(query, limit=5, filters=filters, tenant=tenant)]
+                want = store._call(lambda c, q=query, f=filters, t=tenant: c.query_points(
+                    "t", query=q, query_filter=build_filter(f, t), limit=5, with_payload=False)).points
+                assert got == [str(p.id) for p in want], (filters, tenant)
+    finally:
+        store.close()
+
+
 # -- tenancy -------------------------------------------------------------------------------------
 async def test_a_tenant_sees_its_own_and_shared_documents_only(kb: Path) -> None:
     plan = qa_flow(kb, "    top_k: 10")
