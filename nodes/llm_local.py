@@ -86,6 +86,11 @@ class LocalModel:
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self.waiting = 0
 
+    def close(self) -> None:
+        """Free the model and its context now (RESOURCES.close at shutdown), not in a finaliser at exit."""
+        with self._thread_lock:
+            self.llm.close()
+
     def _default_template(self) -> str:
         embedded = self.llm.metadata.get("tokenizer.chat_template")
         if embedded:

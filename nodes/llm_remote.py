@@ -21,6 +21,13 @@ from rillflow.runtime.errors import NodeError
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
+async def close_clients() -> None:
+    """Close this event loop's pooled clients (their connections): at server shutdown, after a CLI run."""
+    pool = _clients.pop(asyncio.get_running_loop(), {})
+    for client in pool.values():
+        await client.close()
+
+
 class RemoteModel:
     """One OpenAI-compatible model endpoint. Cheap: clients are pooled per event loop."""
 

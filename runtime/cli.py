@@ -119,7 +119,7 @@ def run_flow(
     given = _gather_inputs(plan, input or [], inputs_file)
     _prepare_or_exit(plan)
     try:
-        code = asyncio.run(_run_and_print(plan, given, events))
+        code = asyncio.run(_run_then_close(plan, given, events))
     except KeyboardInterrupt:
         typer.echo("\ncancelled", err=True)
         raise typer.Exit(130) from None
@@ -147,6 +147,15 @@ def _gather_inputs(plan, pairs: list[str], inputs_file: Path | None) -> dict[str
             raise typer.Exit(EXIT_INVALID)
         given[key.strip()] = coerce_cli_value(plan.inputs.get(key.strip()), value)
     return given
+
+
+async def _run_then_close(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]
+    from rillflow.nodes.llm_remote import close_clients
+
+    try:
+        return await _run_and_print(plan, given, as_events)
+    finally:
+        await close_clients()
 
 
 async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]

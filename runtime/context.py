@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import os
 import threading
@@ -45,6 +46,9 @@ class Resources:
 
 
 RESOURCES = Resources()
+# Native libraries (llama.cpp) free their memory in finalisers that fail once the interpreter is half
+# torn down; closing while it is whole keeps exits clean.
+atexit.register(RESOURCES.close)
 _executor: ThreadPoolExecutor | None = None
 
 #: Most node attempts running at once in this process, across every run and flow (RILL_MAX_NODES).

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from rillflow.nodes.llm_remote import close_clients
 from rillflow.nodes.model_files import gguf_path
 from rillflow.runtime.scheduler import run
 from tests.fault_server import FaultServer
@@ -50,6 +51,12 @@ def llama_server() -> Iterator[str]:
     yield base
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    await close_clients()  # each test has its own loop: close its pooled connections with it
 
 
 @pytest.fixture(scope="module")
