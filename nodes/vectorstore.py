@@ -149,7 +149,10 @@ def locked_message(folder: Path) -> str:
     holder = ""
     try:
         info = json.loads((folder / HOLDER).read_text(encoding="utf-8"))
-        holder = f" (held by pid {int(info['pid'])}: {str(info['command'])[:200]})"
+        pid = int(info["pid"])
+        if os.name == "posix":  # (on Windows signal 0 is CTRL_C_EVENT: never send it)
+            os.kill(pid, 0)  # a holder file left by a killed process names nobody
+        holder = f" (held by pid {pid}: {str(info['command'])[:200]})"
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return (f"Qdrant storage folder {folder} is locked by another process{holder}: its lock file {folder / '.lock'} is held, "

@@ -226,6 +226,18 @@ def test_a_folder_locked_by_another_process_is_a_config_error_naming_the_lock(he
     assert "held by pid" in message  # the holder wrote who it is
 
 
+def test_a_holder_file_left_by_a_dead_process_names_nobody(tmp_path: Path) -> None:
+    import json
+
+    from rillflow.nodes.vectorstore import HOLDER, locked_message
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    (tmp_path / HOLDER).write_text(json.dumps({"pid": int(dead.stdout), "command": "rill serve old.yaml"}))
+    message = locked_message(tmp_path)
+    assert "held by" not in message and "old.yaml" not in message
+    assert message.startswith(f"Qdrant storage folder {tmp_path} is locked by another process: its lock file")
+
+
 def test_an_unreachable_server_fails_fast_with_a_connection_error(embedder: Embedder) -> None:
     spec = CollectionResource(qdrant=QdrantServer(url="http://127.0.0.1:9"))
     start = time.perf_counter()
