@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from rillflow.runtime.cache_cli import add_cache_commands
 from rillflow.runtime.ingest_cli import add_ingest_command
+from rillflow.runtime.trace_cli import add_trace_commands
 
 app = typer.Typer(
     name="rill",
@@ -23,6 +25,8 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_INVALID = 0, 1, 2
 add_ingest_command(app)
+add_trace_commands(app)
+add_cache_commands(app)
 
 
 class Format(str, Enum):
