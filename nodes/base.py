@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJson
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from rillflow.runtime.policies import Duration, MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
+from rillflow.runtime.policies import Cache, Duration, MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
 from rillflow.runtime.refs import REF_JSON_SCHEMA, Interp, Ref
 
 T = TypeVar("T")
@@ -85,6 +85,7 @@ class NodeConfig(BaseModel):
     fallback: str | None = Field(None, description="Id of a node whose outputs stand in when this one fails.")
     on_fail: OnFail | None = Field(None, description="fail (default), skip, or {respond: message}.")
     map: MapPolicy | None = Field(None, description="Run once per item of a list; ${item} is the current item.")
+    cache: Cache | None = Field(None, description="Reuse earlier outputs: {ttl, mode, unseeded, semantic, offline}, or a ttl such as 10m.")
 
 
 POLICY_FIELDS = frozenset(NodeConfig.model_fields) - {"type"}
@@ -113,6 +114,10 @@ class Signal(NamedTuple):
 
     type: SignalType
     data: dict[str, Any]
+
+
+class NotCacheable(Exception):
+    """Raised by ``Node.cache_identity``: this call's outputs must not be cached (the reason says why)."""
 
 
 class Output(dict[str, Any]):
@@ -173,6 +178,9 @@ class Node:
 
     Config: ClassVar[type[NodeConfig]] = NodeConfig
     type_name: ClassVar[str] = ""
+    #: Whether a flow-level ``defaults: {cache: ...}`` applies to this type: true where a run costs
+    #: far more than a cache lookup (model calls, searches, user code); a node's own ``cache:`` always applies.
+    worth_caching: ClassVar[bool] = False
 
     def __init__(self, node_id: str, config: NodeConfig, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
         self.id = node_id
@@ -192,6 +200,20 @@ class Node:
         """Open what this node needs (models, embedders, collections) before the first run: blocking,
         called once per plan in a worker thread. Raise ``NodeError("config", ...)`` when something is
         missing; the message names what and how to fix it. Loads go through ``RESOURCES`` (once per process)."""
+
+    async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
+        """What besides the type, resolved inputs and tenant decides this node's outputs, for its
+        cache key: a model's identity and sampling, a template's hash, a collection's version. Any
+        JSON value. Raise ``NotCacheable(reason)`` when outputs must not be reused (unseeded sampling)."""
+        return None
+
+    def cacheable(self, outputs: dict[str, Any]) -> bool:
+        """Whether these (successful) outputs may be stored; false for e.g. a truncated answer."""
+        return True
+
+    def semantic_text(self, inputs: dict[str, Any]) -> str | None:
+        """The text whose meaning a semantic cache tier matches (an llm node: the user's question)."""
+        return None
 
     def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:
         raise TypeError(f"node type {self.type_name!r} does not implement run()")

@@ -59,6 +59,7 @@ class LlmNode(Node):
 
     Config = LlmConfig
     config: LlmConfig
+    worth_caching = True
 
     @classmethod
     def outputs(cls, config: Any) -> dict[str, OutputField]:
@@ -104,6 +105,46 @@ class LlmNode(Node):
 
             self._backend = RemoteModel(spec, self.config.model)
 
+    # -- caching -----------------------------------------------------------------------------
+    async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
+        spec = self.env.models[self.config.model]
+        if spec.provider == "llama_cpp":
+            from rillflow.nodes.model_files import gguf_path
+
+            file = gguf_path(spec.model, spec.path, self.env.flow_dir)
+            stat = file.stat()  # a replaced .gguf is another model
+            weights: Any = {"file": file.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        else:
+            weights = {"base_url": spec.base_url}
+        return {"model": spec.model_dump(mode="json", exclude={"api_key", "price_per_mtok", "request_timeout", "n_threads", "base_url"}),
+                "weights": weights, "temperature": self._temperature(spec), "seed": self._seed(spec)}
+
+    def nondeterministic(self) -> str | None:
+        """Why two identical calls may answer differently (sampling without a seed), or None."""
+        spec = self.env.models.get(self.config.model)
+        if spec is None or self._temperature(spec) == 0 or self._seed(spec) is not None:
+            return None
+        return f"samples at temperature {self._temperature(spec):g} without a seed"
+
+    def cacheable(self, outputs: dict[str, Any]) -> bool:
+        return outputs.get("finish_reason") != "length"  # a truncated answer is not the answer
+
+    def semantic_text(self, inputs: dict[str, Any]) -> str | None:
+        prompt = inputs.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+            if users and isinstance(users[-1], str):
+                return users[-1]
+        return None
+
+    def _temperature(self, spec: Any) -> float:
+        return float(self.config.temperature if self.config.temperature is not None else spec.temperature)
+
+    def _seed(self, spec: Any) -> int | None:
+        return self.config.seed if self.config.seed is not None else spec.seed
+
     # -- running ------------------------------------------------------------------------------
     async def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:
         if self._backend is None:
@@ -112,8 +153,7 @@ class LlmNode(Node):
         spec = self.env.models[self.config.model]
         params = GenerateParams(
             max_tokens=self.config.max_tokens, top_p=self.config.top_p, stop=tuple(self.config.stop),
-            temperature=self.config.temperature if self.config.temperature is not None else spec.temperature,
-            seed=self.config.seed if self.config.seed is not None else spec.seed,
+            temperature=self._temperature(spec), seed=self._seed(spec),
             grammar=self._grammar, json_mode=self.config.json_schema is not None and spec.provider != "llama_cpp",
         )
         if self.config.json_schema is None:

@@ -18,6 +18,7 @@ What does not fit even with every document and all history dropped fails as ``ba
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,9 +129,14 @@ class PromptNode(Node):
         else:
             source = config.template if config.template is not None else _read(flow_dir, config.template_file)
             self._messages = [("user", compile_template(source))]
+        # An edited template file is another prompt: its hash is part of the cache key.
+        self._template_hash = hashlib.sha256(source.encode("utf-8")).hexdigest() if config.template_file is not None else None
         self._single = config.messages is None
         self._budget: Budget | None = config.budget
         self._count: Callable[[str], int] | None = None
+
+    async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
+        return self._template_hash
 
     def prepare(self) -> None:
         if self._budget is not None and self._count is None:

@@ -6,6 +6,7 @@ allowed with ``RILL_PYTHON_ALLOW`` (comma-separated ``module:function`` names or
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import re
@@ -70,6 +71,17 @@ class PythonNode(Node):
     def __init__(self, node_id: str, config: Any, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
         super().__init__(node_id, config, flow_dir, env)
         self._fn: Callable[..., Any] | None = None
+
+    worth_caching = True
+
+    async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
+        """The function's source: editing the code invalidates its cached results."""
+        fn = self._function()
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            source = getattr(getattr(fn, "__code__", None), "co_code", b"").hex()
+        return {"function": self.config.function, "source": hashlib.sha256(source.encode("utf-8")).hexdigest()}
 
     def _function(self) -> Callable[..., Any]:
         if self._fn is None:

@@ -24,6 +24,7 @@ from rillflow.nodes.base import (
     FlowEnv,
     Node,
     NodeConfig,
+    NotCacheable,
     Output,
     OutputField,
     Progress,
@@ -47,6 +48,8 @@ class AnyOf(BaseModel):
 @register("retrieve")
 class RetrieveNode(Node):
     """Search a collection for the passages nearest to `query`: scored documents, a numbered `context` for a prompt, and citations."""
+
+    worth_caching = True
 
     class Config(NodeConfig):
         collection: str = Field(description="A collection declared under `collections:`.")
@@ -79,6 +82,17 @@ class RetrieveNode(Node):
         self._collection: str = config.collection
         self._store: Any = None
         self._embedder: Any = None
+
+    async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
+        if self._store is None:
+            await ctx.to_thread(self.prepare)
+        spec = self.env.collections[self._collection]
+        # Re-ingesting changes the version, so entries of the old content become misses.
+        version = await ctx.to_thread(self._store.version)
+        if version is None:
+            raise NotCacheable(f"collection '{self._collection}' has no content version (it was not filled by rill ingest)")
+        return {"collection": self._store.name, "where": spec.qdrant.model_dump(mode="json", exclude={"api_key"}),
+                "embedder": spec.embedder, "version": version}
 
     def prepare(self) -> None:
         """Load the embedder and open the collection, checking its vector size against the embedder."""

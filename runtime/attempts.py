@@ -75,6 +75,7 @@ async def run_attempts(run: Run, pn: PlanNode, inputs: dict[str, Any], item_inde
         attempt += 1
         ctx = NodeContext(run, pn.id, attempt, item_index)
         streamed = [0]
+        started = perf_counter()
         try:
             output = await _attempt(run, pn, ctx, inputs, item_index, streamed)
             return output, attempt, ctx.usage_totals
@@ -87,8 +88,16 @@ async def run_attempts(run: Run, pn: PlanNode, inputs: dict[str, Any], item_inde
             delay = backoff_delay(pn, attempt, error)
             if delay is None:
                 raise AttemptsFailed(error, attempt) from None
-            run.emit("node_retry", pn.id, {"attempt": attempt, "error": {"kind": error.kind, "message": error.message}, "delay": round(delay, 3)})
+            data: dict[str, Any] = {"attempt": attempt, "error": {"kind": error.kind, "message": error.message}, "delay": round(delay, 3),
+                                    "duration_ms": round((perf_counter() - started) * 1000, 3)}
+            if ctx.usage_totals is not None:  # a failed call may still have cost tokens
+                data["usage"] = ctx.usage_totals
+            if item_index is not None:
+                data["index"] = item_index
+            run.emit("node_retry", pn.id, data)
             await asyncio.sleep(delay)
+            if item_index is None:
+                run.emit("node_started", pn.id, {"node_type": pn.type, "attempt": attempt + 1, "queue_ms": 0.0})
 
 
 async def _attempt(run: Run, pn: PlanNode, ctx: NodeContext, inputs: dict[str, Any], item_index: int | None, streamed: list[int]) -> dict[str, Any]:
@@ -113,9 +122,8 @@ async def _drive(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index
         async for emit in agen:
             kind = type(emit)
             if kind is str or kind is Chunk:
-                if on_first_chunk is not None:
-                    on_first_chunk()
-                    on_first_chunk = None
+                if not count:
+                    _first_chunk(run, node_id, item_index, on_first_chunk)
                 count += 1
                 if kind is str:
                     push(node_id, "text", emit, item_index)
@@ -131,10 +139,23 @@ async def _drive(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index
             elif isinstance(emit, Progress):
                 ctx.progress(emit.done, emit.total, emit.message)
             elif isinstance(emit, Signal):
-                run.emit(emit.type, node_id, emit.data if item_index is None else {**emit.data, "index": item_index})
+                _signal(run, node_id, emit, item_index)
     finally:
         streamed[0] = count
     raise NodeError("internal", f"node '{pn.id}' ended without an output")
+
+
+def _first_chunk(run: Run, node_id: str, item_index: int | None, callback: Callable[[], None] | None) -> None:
+    if callback is not None:
+        callback()
+    if item_index is None:
+        run.first_chunk[node_id] = perf_counter()
+
+
+def _signal(run: Run, node_id: str, emit: Signal, item_index: int | None) -> None:
+    if emit.type == "retract" or (emit.type == "guardrail_flagged" and emit.data.get("action") != "repair"):
+        run.flagged.add(node_id)  # replaying it would hide the verdict: what a guardrail touched is never cached
+    run.emit(emit.type, node_id, emit.data if item_index is None else {**emit.data, "index": item_index})
 
 
 async def _with_deadline(run: Run, pn: PlanNode, ctx: NodeContext, agen: Any, item_index: int | None, streamed: list[int]) -> dict[str, Any]:

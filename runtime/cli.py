@@ -7,7 +7,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -115,15 +115,36 @@ def run_flow(
     input: Annotated[list[str] | None, typer.Option("--input", "-i", help="An input as key=value (repeatable).")] = None,
     inputs_file: Annotated[Path | None, typer.Option("--inputs", help="A JSON file of inputs.")] = None,
     events: Annotated[bool, typer.Option("--events", help="Print every event as a JSON line instead of the answer.")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="Re-run an earlier run, reusing every node result whose "
+                                                                "content key is unchanged (its inputs too, unless given).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache (and no resume checkpoint).")] = False,
+    no_trace: Annotated[bool, typer.Option("--no-trace", help="Do not record this run's trace.")] = False,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Run as this tenant (retrieval scope, cache, traces).")] = None,
 ) -> None:
-    """Run a flow: streamed output on stdout as it arrives; exit 0 ok, 1 run failed, 2 invalid flow or inputs."""
+    """Run a flow: streamed output on stdout as it arrives; exit 0 ok, 1 run failed, 2 invalid flow or inputs.
+
+    The run's trace goes to the local trace store (`rill trace show RUN_ID`) and its node results are
+    checkpointed, so a failed or edited flow can be re-run with --resume RUN_ID."""
     import asyncio
 
     plan = _load_or_exit(flow)
+    if no_cache and resume:
+        typer.echo("error: --resume reuses cached results: it cannot be combined with --no-cache", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    cache = None if no_cache else _open_cache_or_exit()
     given = _gather_inputs(plan, input or [], inputs_file)
+    if resume is not None:
+        assert cache is not None
+        resume, earlier = _checkpoint_or_exit(cache, resume, plan.name)
+        given = {**earlier["inputs"], **given}
+        tenant = tenant if tenant is not None else earlier["tenant"]
     _prepare_or_exit(plan)
+    from rillflow.runtime.caching import RunCache
+
+    options = RunOptions(cache=RunCache(cache, checkpoint=True, resume=resume) if cache is not None else None,
+                         trace=None if no_trace else _trace_store(), tenant=tenant)
     try:
-        code = asyncio.run(_run_then_close(plan, given, events))
+        code = asyncio.run(_run_then_close(plan, given, events, options))
     except KeyboardInterrupt:
         typer.echo("\ncancelled", err=True)
         raise typer.Exit(130) from None
@@ -153,16 +174,78 @@ def _gather_inputs(plan, pairs: list[str], inputs_file: Path | None) -> dict[str
     return given
 
 
-async def _run_then_close(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]
-    from rillflow.nodes.llm_remote import close_clients
+class RunOptions(NamedTuple):
+    cache: Any = None  # a RunCache
+    trace: Any = None  # a TraceStore
+    tenant: str | None = None
+
+
+def _open_cache_or_exit() -> Any:
+    from rillflow.runtime.cache_open import open_cache
 
     try:
-        return await _run_and_print(plan, given, as_events)
+        return open_cache()
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: cannot open the cache: {exc} (set RILL_CACHE_URL, or pass --no-cache)", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _trace_store() -> Any:
+    from rillflow.runtime.trace_store import TraceStore
+
+    try:
+        return TraceStore.from_env()
+    except (ValueError, OSError) as exc:  # tracing is best-effort: say so, run anyway
+        typer.echo(f"warning: traces are off for this run: {exc}", err=True)
+        return None
+
+
+def _checkpoint_or_exit(cache: Any, run_id: str, flow: str) -> tuple[str, dict[str, Any]]:
+    """The full run id and the inputs and tenant an earlier run started with."""
+    import asyncio
+
+    from rillflow.runtime.caching import load_checkpoint
+
+    full = _full_run_id(run_id)
+    earlier = asyncio.run(load_checkpoint(cache, full))
+    if earlier is None:
+        typer.echo(f"error: no checkpoint for run '{run_id}': it is older than 7 days, ran with --no-cache, or used another "
+                   "cache (see `rill trace list` for run ids)", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    if earlier["flow"] != flow:
+        typer.echo(f"error: run '{run_id}' is of flow '{earlier['flow']}', not '{flow}'", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    return full, earlier
+
+
+def _full_run_id(run_id: str) -> str:
+    """A unique prefix of a run id, as `rill trace list` shows them, expanded through the trace store."""
+    if len(run_id) >= 32:
+        return run_id
+    try:
+        from rillflow.runtime.trace_store import TraceStore
+
+        found = TraceStore.from_env().get_run(run_id)
+    except Exception:  # no trace store: the id must then be given in full
+        return run_id
+    return str(found["run_id"]) if found else run_id
+
+
+async def _run_then_close(plan, given: dict[str, object], as_events: bool, options: RunOptions | None = None) -> int:  # type: ignore[no-untyped-def]
+    from rillflow.nodes.llm_remote import close_clients
+
+    options = options or RunOptions()
+    try:
+        return await _run_and_print(plan, given, as_events, options)
     finally:
         await close_clients()
+        if options.cache is not None:
+            await options.cache.store.flush()
+        if options.trace is not None:
+            options.trace.flush()
 
 
-async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int:  # type: ignore[no-untyped-def]
+async def _run_and_print(plan, given: dict[str, object], as_events: bool, options: RunOptions) -> int:  # type: ignore[no-untyped-def]
     from contextlib import ExitStack
 
     from rillflow.runtime.console import NodeDisplay, stderr_console
@@ -175,7 +258,7 @@ async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int
     with ExitStack() as stack:
         display = stack.enter_context(NodeDisplay(plan, console)) if live else None
         try:
-            async for event in run(plan, given):
+            async for event in run(plan, given, cache=options.cache, trace=options.trace, tenant=options.tenant):
                 if as_events:
                     typer.echo(event.to_json())
                 elif display is not None:
@@ -192,11 +275,21 @@ async def _run_and_print(plan, given: dict[str, object], as_events: bool) -> int
             return EXIT_INVALID
     if as_events or finished is None:
         return EXIT_OK if finished is None or finished.type == "run_finished" else EXIT_RUN_FAILED
+    return _report_end(plan, finished, options, streamed_already=not live)
+
+
+def _report_end(plan, finished: Any, options: RunOptions, *, streamed_already: bool) -> int:  # type: ignore[no-untyped-def]
     if finished.type == "run_failed":
         err = finished.data["error"]
         typer.echo(f"\nerror: {err['message']} [{err['kind']}]", err=True)
+        if options.cache is not None and err["kind"] != "cancelled":
+            typer.echo(f"after fixing it: rill run {plan.path} --resume {finished.run_id} (reuses what already ran)", err=True)
         return EXIT_RUN_FAILED
-    _print_outputs(finished.data["outputs"], plan.output_streams, streamed_already=not live)
+    cached = finished.data.get("cached_answer")
+    if cached is not None:
+        typer.echo(f"note: every model path failed ({cached['error']['kind']}): this is a cached answer to a similar question "
+                   f"(similarity {cached['similarity']:.2f})", err=True)
+    _print_outputs(finished.data["outputs"], plan.output_streams, streamed_already=streamed_already)
     return EXIT_OK
 
 

@@ -118,6 +118,7 @@ class _Compiler:
         self.full_deps[node_id] = set()
         self.stream_inputs[node_id] = set()
         node_cls.check(config, _CheckContext(self, base))
+        self._check_cache(node_id, config)
         streams = stream_fields(type(config))
         for field_name in type(config).model_fields:
             if field_name in ("when", "fallback", "type", "description"):
@@ -129,6 +130,18 @@ class _Compiler:
                                 accepts_stream, in_map=config.map is not None and field_name != "map", target_loc=loc)
         if config.when is not None:
             self._check_condition(node_id, config.when)
+
+    def _check_cache(self, node_id: str, config: NodeConfig) -> None:
+        policy = config.cache
+        if policy is None:
+            return
+        for tier in ("semantic", "offline"):
+            if getattr(policy, tier) is not None and config.type != "llm":
+                self.out.at(("nodes", node_id, "cache", tier), "E150", f"cache.{tier} matches questions by meaning and serves model "
+                            f"answers: it is for llm nodes, and '{node_id}' is a {config.type} node (remove '{tier}')", at_key=True)
+        if config.map is not None:
+            self.out.at(("nodes", node_id, "cache"), "W152", f"node '{node_id}' has map: its items are not cached yet (cache the "
+                        "node it maps over, or split the work into a node without map)", at_key=True, severity="warning")
 
     def _check_ref(self, node_id: str | None, loc: Loc, ref: Ref, whole: bool, expected: str, accepts_stream: bool,
                    *, in_map: bool = False, target_loc: Loc = ()) -> None:
@@ -335,6 +348,7 @@ class _Compiler:
                 retry=config.retry or defaults.retry, on_fail=config.on_fail or defaults.on_fail,
                 fallback=config.fallback, map=config.map,
                 fallback_only=node_id in fallback_of and not self._used_directly(node_id, outputs, needed),
+                cache=self._cache_policy(node_id, config, node_cls, defaults.cache),
             )
         output_streams = frozenset(e.target_field for e in self.stream_edges if e.target == "outputs")
         return Plan(
@@ -346,6 +360,20 @@ class _Compiler:
             concurrency=top.get("concurrency"), warnings=tuple(self.out.items), secrets=frozenset(self.secrets),
             env=self.flow_env,
         )
+
+    def _cache_policy(self, node_id: str, config: NodeConfig, node_cls: type[Node], default: Any) -> Any:
+        """The node's own cache policy, else the flow default for node types where caching pays."""
+        policy = config.cache if config.cache is not None else (default if node_cls.worth_caching else None)
+        if policy is None or policy.mode == "off":
+            return None
+        if self.stream_inputs.get(node_id) and config.cache is not None:
+            self.out.at(("nodes", node_id, "cache"), "W151", f"node '{node_id}' reads a chunk stream as it arrives, so its inputs "
+                        "are not known until it has run: it is not cached (cache the node that produces the stream instead)",
+                        at_key=True, severity="warning")
+            return None
+        if self.stream_inputs.get(node_id) or config.map is not None:
+            return None
+        return policy
 
     def _needed(self, outputs: dict[str, Any], fallback_of: dict[str, str]) -> set[str]:
         needed: set[str] = set()

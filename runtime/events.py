@@ -5,20 +5,22 @@ gaps), ``ts`` (seconds since the run started, monotonic) and ``node`` (None for 
 ``data`` by type:
 
 =================  ==========================================================================
-run_started        flow, inputs (names only), started_at (ISO 8601 wall clock)
-node_started       attempt, node_type [, item]
+run_started        flow, inputs (names only), started_at (ISO 8601 wall clock) [, resumes (run id)]
+node_started       attempt, node_type, queue_ms (one per attempt: a retry starts attempt 2, 3, ...)
 node_progress      done, total, message [, index, value for map items]
 chunk              output (flow output name), text
 retract            reason, check [, chars]: drop the text this node streamed so far (guardrail)
 guardrail_flagged  check, action ('block', 'redact', 'flag'), detail [, count]
 route_chosen       branch, reason [, scores]
 model_queued       model, wait_ms: the node waited for a shared local model
-node_retry         attempt (the one that failed), error {kind, message}, delay (s)
+node_retry         attempt (the one that failed), error {kind, message}, delay (s), duration_ms [, usage, index]
+cache_hit          tier (exact, semantic, offline, resume), age_s [, similarity]: outputs replayed from the cache
 node_fallback      to (the stand-in node), error {kind, message}
 node_skipped       reason
-node_finished      duration_ms, attempts [, usage {input_tokens, output_tokens, model, cost}]
+node_finished      duration_ms, attempts [, usage {input_tokens, output_tokens, model, cost}, ttft_ms, cached (tier)]
 node_failed        error {kind, message}, attempts
-run_finished       status ('ok' or 'responded'), outputs [, node that responded]
+run_finished       status ('ok' or 'responded'), outputs [, node that responded,
+                   cached_answer {node, similarity, cached_at, error}: an offline answer stood in for failed models]
 run_failed         error {kind, message, node}
 =================  ==========================================================================
 
@@ -33,7 +35,7 @@ from typing import Any, Literal, NamedTuple
 
 EventType = Literal[
     "run_started", "node_started", "node_progress", "chunk", "node_retry", "node_fallback",
-    "retract", "guardrail_flagged", "route_chosen", "model_queued",
+    "retract", "guardrail_flagged", "route_chosen", "model_queued", "cache_hit",
     "node_skipped", "node_finished", "node_failed", "run_finished", "run_failed",
 ]
 TERMINAL: frozenset[str] = frozenset({"run_finished", "run_failed"})

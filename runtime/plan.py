@@ -8,7 +8,7 @@ from typing import Any
 
 from rillflow.nodes.base import FlowEnv, Node, NodeConfig, OutputField
 from rillflow.runtime.errors import Diagnostic
-from rillflow.runtime.policies import MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
+from rillflow.runtime.policies import CachePolicy, MapPolicy, OnFail, RetryPolicy, TimeoutPolicy
 from rillflow.runtime.spec import FlowSpec, InputSpec
 
 
@@ -44,6 +44,7 @@ class PlanNode:
     fallback: str | None
     map: MapPolicy | None
     fallback_only: bool  # runs only when the node it stands in for fails
+    cache: CachePolicy | None = None  # None: never cached (mode off, or no policy)
 
     def __repr__(self) -> str:  # config and inputs may hold resolved ${env.*} secrets: never print them
         return f"PlanNode(id={self.id!r}, type={self.type!r}, deps={list(self.deps)})"

@@ -77,12 +77,55 @@ class MapPolicy(Strict):
     on_item_fail: Literal["fail", "skip"] = Field("fail", description="'skip' keeps going and leaves null for a failed item.")
 
 
+class SemanticTier(Strict):
+    """Match a new question against earlier answers of the same flow, node and tenant by meaning."""
+
+    threshold: float = Field(0.92, ge=0.5, le=1.0, description="Least cosine similarity of the questions for a hit.")
+    embedder: str = Field("all-MiniLM-L6-v2", description="A sentence-transformers model name or path for the questions.")
+
+
+class OfflineAnswers(Strict):
+    """When every model path of the node fails, serve the closest cached answer, labelled as such."""
+
+    threshold: float = Field(0.8, ge=0.5, le=1.0, description="Least cosine similarity of the questions to serve a cached answer.")
+    embedder: str = Field("all-MiniLM-L6-v2", description="A sentence-transformers model name or path for the questions.")
+
+
+CacheMode = Literal["read_write", "read", "refresh", "off"]
+
+
+def _cache_shorthand(value: Any) -> Any:
+    """`cache: 10m` (a ttl), `cache: true` (the defaults), `cache: false` / `cache: off` (no caching)."""
+    if value is True:
+        return {}
+    if value is False or value == "off":
+        return {"mode": "off"}
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return {"ttl": value}
+    return value
+
+
+class CachePolicy(Strict):
+    """Reuse a node's earlier outputs for the same content key (node type, resolved config and inputs,
+    model identity and sampling, template, collection version, tenant)."""
+
+    ttl: Duration | None = Field(86400.0, description="How long an entry lives; null for no expiry.")
+    mode: CacheMode = Field("read_write", description="read_write, read (never write), refresh (never read, write), off.")
+    unseeded: bool = Field(False, description="Cache an llm that samples without a seed (its answers vary run to run).")
+    semantic: SemanticTier | None = Field(None, description="llm only: also hit on a question close in meaning to an earlier one.")
+    offline: OfflineAnswers | None = Field(None, description="llm only: when it and its fallbacks fail, serve the closest cached answer.")
+
+
+Cache = Annotated[CachePolicy, BeforeValidator(_cache_shorthand)]
+
+
 class Defaults(Strict):
     """Policies every node gets unless it sets its own."""
 
     timeout: Duration | TimeoutPolicy | None = None
     retry: RetryPolicy | None = None
     on_fail: OnFail | None = None
+    cache: Cache | None = Field(None, description="Cache policy for the node types where caching pays (llm, retrieve, python).")
 
 
 def normalise_timeout(value: float | TimeoutPolicy | None) -> TimeoutPolicy | None:

@@ -13,7 +13,7 @@ import asyncio
 
 from rillflow.runtime.context import executor
 from rillflow.runtime.errors import NodeError
-from rillflow.runtime.plan import Plan
+from rillflow.runtime.plan import Plan, PlanNode
 
 
 class PrepareError(Exception):
@@ -32,7 +32,8 @@ async def prepare(plan: Plan) -> None:
         return
     loop = asyncio.get_running_loop()
     nodes = list(plan.nodes.values())
-    results = await asyncio.gather(*(loop.run_in_executor(executor(), pn.node.prepare) for pn in nodes), return_exceptions=True)
+    results = await asyncio.gather(*(loop.run_in_executor(executor(), _prepare_node, pn, plan.env.flow_dir) for pn in nodes),
+                                   return_exceptions=True)
     problems: dict[str, str] = {}
     for pn, result in zip(nodes, results, strict=True):
         if isinstance(result, NodeError):
@@ -42,6 +43,15 @@ async def prepare(plan: Plan) -> None:
     if problems:
         raise PrepareError(plan.name, problems)
     plan.state["prepared"] = True
+
+
+def _prepare_node(pn: PlanNode, flow_dir: str) -> None:
+    pn.node.prepare()
+    tier = pn.cache.semantic or pn.cache.offline if pn.cache is not None else None
+    if tier is not None:  # the semantic cache tiers embed questions: load that model now, not on the first request
+        from rillflow.nodes.embedder import load_embedder
+
+        load_embedder(tier.embedder, flow_dir)
 
 
 def prepare_sync(plan: Plan) -> None:

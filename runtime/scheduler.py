@@ -15,9 +15,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rillflow.runtime.attempts import AttemptsFailed, run_attempts
+from rillflow.runtime.cache_store import CacheStore
+from rillflow.runtime.caching import RunCache, checkpoint_start, offline_answer, run_node
 from rillflow.runtime.context import process_limit
 from rillflow.runtime.errors import NodeError
 from rillflow.runtime.events import TERMINAL, Event
@@ -29,15 +31,30 @@ from rillflow.runtime.streams import ChunkStream, StreamFailed, StreamSkipped
 
 EventListener = Callable[[Event], None]
 
+if TYPE_CHECKING:
+    from rillflow.runtime.trace import TraceSink
+
 
 class Run:
     """The state of one run of a plan. Create with ``run()``; not reusable."""
 
     def __init__(self, plan: Plan, inputs: dict[str, Any], run_id: str, listeners: tuple[EventListener, ...],
-                 tenant: str | None = None) -> None:
+                 tenant: str | None = None, cache: RunCache | None = None, trace: TraceSink | None = None) -> None:
         self.plan = plan
         self.run_id = run_id
         self.tenant = tenant
+        self.cache = cache
+        self.node_inputs: dict[str, dict[str, Any]] = {}  # resolved inputs per node (trace, offline answers)
+        self.first_chunk: dict[str, float] = {}  # node -> perf_counter() of its latest attempt's first chunk
+        self.flagged: set[str] = set()  # nodes whose output a guardrail flagged or retracted: never cached
+        self.cache_hits: dict[str, dict[str, Any]] = {}
+        self.cache_notes: dict[str, str] = {}  # node -> why it was not cached
+        self.semantic_inputs: dict[str, tuple[str, Any]] = {}
+        self.cached_answer: dict[str, Any] | None = None  # an offline answer served in place of failed models
+        if trace is not None:
+            from rillflow.runtime.trace import SpanRecorder
+
+            listeners = (*listeners, SpanRecorder(self, trace).on_event)
         self.listeners = listeners
         self.values: dict[str, dict[str, Any]] = {}
         self.state: dict[str, str] = {}  # running | done | skipped | failed
@@ -142,8 +159,13 @@ class Run:
             await self._shutdown()
 
     def _announce(self) -> None:
-        self.emit("run_started", None, {"flow": self.plan.name, "inputs": sorted(self.resolver.inputs),
-                                        "started_at": datetime.now(timezone.utc).isoformat()})
+        data: dict[str, Any] = {"flow": self.plan.name, "inputs": sorted(self.resolver.inputs),
+                                "started_at": datetime.now(timezone.utc).isoformat()}
+        if self.cache is not None and self.cache.resume is not None:
+            data["resumes"] = self.cache.resume
+        self.emit("run_started", None, data)
+        if self.cache is not None and self.cache.checkpoint:
+            checkpoint_start(self)
 
     async def _prepare(self) -> bool:
         """First run of a plan nobody prepared: open its models and collections now (once)."""
@@ -244,12 +266,13 @@ class Run:
     async def _execute(self, pn: PlanNode) -> None:
         while True:
             try:
+                queued = perf_counter()
                 async with self._process_limit:
                     if self._limit is None:
-                        await self._execute_node(pn)
+                        await self._execute_node(pn, queued)
                     else:
                         async with self._limit:
-                            await self._execute_node(pn)
+                            await self._execute_node(pn, queued)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in the runtime: never leave the run without a terminal event
@@ -260,7 +283,7 @@ class Run:
             pn = self.plan.nodes[self._ready.pop()]  # continue in this task: no task per node
             self._spawn_ready()
 
-    async def _execute_node(self, pn: PlanNode) -> None:
+    async def _execute_node(self, pn: PlanNode, queued: float) -> None:
         try:
             if pn.when is not None and not self.resolver.condition(pn):
                 return self._skip(pn.id, f"condition is false: {pn.when_source}")
@@ -269,26 +292,36 @@ class Run:
             return self._skip(pn.id, skip.reason)
         except NodeError as exc:
             return self._node_failed(pn, exc, 0)
+        if inputs is not None:
+            self.node_inputs[pn.id] = inputs
         self._mark_started(pn)
-        self.emit("node_started", pn.id, {"node_type": pn.type, "attempt": 1})
         t0 = perf_counter()
+        self.emit("node_started", pn.id, {"node_type": pn.type, "attempt": 1, "queue_ms": round((t0 - queued) * 1000, 3)})
         try:
             if pn.map is not None:
                 values, attempts, usage = await run_map(self, pn)
             else:
                 assert inputs is not None
-                values, attempts, usage = await run_attempts(self, pn, inputs)
+                values, attempts, usage = await (run_node if self.cache is not None and self.cache.wants(pn) else run_attempts)(self, pn, inputs)
         except (StreamSkipped, Skip) as exc:
             return self._skip(pn.id, getattr(exc, "reason", None) or "an input stream was skipped")
         except StreamFailed:
             return  # the producer's failure already decided the run
         except AttemptsFailed as failed:
             return self._node_failed(pn, failed.error, failed.attempts)
+        self.emit("node_finished", pn.id, self._finished_data(pn.id, t0, attempts, usage))
+        self._settle(pn.id, "done", values)
+
+    def _finished_data(self, node_id: str, t0: float, attempts: int, usage: dict[str, Any] | None) -> dict[str, Any]:
         data: dict[str, Any] = {"duration_ms": round((perf_counter() - t0) * 1000, 3), "attempts": attempts}
         if usage is not None:
             data["usage"] = usage
-        self.emit("node_finished", pn.id, data)
-        self._settle(pn.id, "done", values)
+        first = self.first_chunk.get(node_id)
+        if first is not None:
+            data["ttft_ms"] = round((first - t0) * 1000, 3)
+        if node_id in self.cache_hits:
+            data["cached"] = self.cache_hits[node_id]["tier"]
+        return data
 
     def _skip(self, node_id: str, reason: str) -> None:
         self.emit("node_skipped", node_id, {"reason": reason})
@@ -310,8 +343,34 @@ class Run:
             else:
                 self._activate(target, pn.id)
             return
-        self.emit("node_failed", pn.id, {"error": err, "attempts": attempts})
+        self._give_up(pn, error, attempts)
+
+    def _give_up(self, pn: PlanNode, error: NodeError, attempts: int) -> None:
+        """The node and every fallback failed: an offline answer from the cache, else its on_fail."""
+        if pn.cache is not None and pn.cache.offline is not None and self.cache is not None and not self.cancelled:
+            self._spawn(self._serve_offline(pn, error, attempts))
+            return
+        self.emit("node_failed", pn.id, {"error": {"kind": error.kind, "message": error.message}, "attempts": attempts})
         self._apply_on_fail(pn, error)
+
+    async def _serve_offline(self, pn: PlanNode, error: NodeError, attempts: int) -> None:
+        from rillflow.runtime.caching import replay
+
+        found = await offline_answer(self, pn)
+        if found is None or self.terminal_sent:
+            self.emit("node_failed", pn.id, {"error": {"kind": error.kind, "message": error.message}, "attempts": attempts})
+            return self._apply_on_fail(pn, error)
+        entry, similarity = found
+        partial = sum(len(c) for stream in self.streams.get(pn.id, {}).values() for c in stream.chunks)
+        if partial:
+            self.emit("retract", pn.id, {"reason": "offline", "check": None, "chars": partial})
+        self._replaced_by.pop(pn.id, None)
+        self._stand_in = {k: [n for n in v if n != pn.id] for k, v in self._stand_in.items()}
+        values, _, _ = await replay(self, pn, entry, "offline", similarity)
+        self.cached_answer = {"node": pn.id, "similarity": round(similarity, 4), "cached_at": entry.created,
+                              "error": {"kind": error.kind, "message": error.message}}
+        self.emit("node_finished", pn.id, {"attempts": attempts, "cached": "offline"})
+        self._settle(pn.id, "done", values)
 
     def _activate(self, target: str, for_node: str) -> None:
         for field, stream in self.streams.get(target, {}).items():  # already streaming: replay so far
@@ -329,8 +388,7 @@ class Run:
             self._settle(node_id, "done", {f: (values or {}).get(f) for f in self.plan.nodes[node_id].outputs})
         else:
             error = NodeError("internal", f"fallback '{stand_in}' of node '{node_id}' was {state}")
-            self.emit("node_failed", node_id, {"error": {"kind": error.kind, "message": error.message}, "attempts": 0})
-            self._apply_on_fail(self.plan.nodes[node_id], error)
+            self._give_up(self.plan.nodes[node_id], error, 0)
 
     def _apply_on_fail(self, pn: PlanNode, error: NodeError) -> None:
         policy = pn.on_fail
@@ -355,17 +413,26 @@ class Run:
 
     def _finish_run(self) -> None:
         outputs = {name: self.resolver.output(value) for name, value in self.plan.outputs.items()}
-        self.emit("run_finished", None, {"status": "ok", "outputs": outputs})
+        data: dict[str, Any] = {"status": "ok", "outputs": outputs}
+        if self.cached_answer is not None:  # said plainly: this answer is a stored one, not a fresh one
+            data["cached_answer"] = self.cached_answer
+        self.emit("run_finished", None, data)
 
 
 def run(plan: Plan, inputs: dict[str, Any] | None = None, *, run_id: str | None = None,
-        listeners: tuple[EventListener, ...] = (), tenant: str | None = None) -> AsyncIterator[Event]:
+        listeners: tuple[EventListener, ...] = (), tenant: str | None = None,
+        cache: CacheStore | RunCache | None = None, trace: TraceSink | None = None) -> AsyncIterator[Event]:
     """Run a plan: ``async for event in run(plan, {"question": "..."})``.
 
     Raises InputError at once, before anything runs, when the inputs do not fit the flow. Closing the
     iterator (``aclose()``, or cancelling the task consuming it) cancels every running node and waits
     for them. ``tenant`` scopes tenant-aware nodes (retrieval filters, caches); it comes from the
-    caller's identity, never from flow inputs. The iterator is the run's own generator, with no wrapper layers: they cost per event.
+    caller's identity, never from flow inputs. ``cache`` is a cache store (rillflow.runtime.cache_open)
+    or a RunCache (to checkpoint for, or resume, ``rill run --resume``): without one nothing is cached.
+    ``trace`` receives the run's trace (a TraceStore). The iterator is the run's own generator, with
+    no wrapper layers: they cost per event.
     """
     checked = check_inputs(plan, inputs or {})
-    return Run(plan, checked, run_id or uuid.uuid4().hex, listeners, tenant).events()
+    if cache is not None and not isinstance(cache, RunCache):
+        cache = RunCache(cache)
+    return Run(plan, checked, run_id or uuid.uuid4().hex, listeners, tenant, cache, trace).events()

@@ -23,12 +23,13 @@ class RunResult:
         return self.status in ("ok", "responded")
 
 
-async def collect(plan: Plan, inputs: dict[str, Any] | None = None) -> RunResult:
-    events = [event async for event in run(plan, inputs)]
+async def collect(plan: Plan, inputs: dict[str, Any] | None = None, **options: Any) -> RunResult:
+    """Run to the end; ``options`` go to ``run`` (tenant, cache, trace, run_id, listeners)."""
+    events = [event async for event in run(plan, inputs, **options)]
     last = events[-1]
     if last.type == "run_finished":
         return RunResult(last.data["status"], last.data["outputs"], events)
-    return RunResult("failed", {}, events, last.data["error"])
+    return RunResult("cancelled" if last.data["error"]["kind"] == "cancelled" else "failed", {}, events, last.data["error"])
 
 
 def run_sync(plan: Plan, inputs: dict[str, Any] | None = None) -> RunResult:

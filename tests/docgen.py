@@ -87,6 +87,9 @@ DIAGNOSTICS: dict[str, str] = {
     "E140": "A `prompt` node's `budget.trim` names no entry of its `vars`.",
     "E141": "A `prompt` budget names an `openai` model, which declares no context size, without `budget.max_tokens`.",
     "E142": "A `prompt` budget's `reserve` is as large as the context size, leaving no room for the prompt.",
+    "E150": "`cache.semantic` or `cache.offline` on a node that is not `llm`: both tiers match questions by meaning and serve model answers.",
+    "W151": "A node with `cache:` reads a chunk stream as it arrives, so its inputs are only known after it ran: it is not cached (cache its producer).",
+    "W152": "A node with `cache:` also has `map`: map items are not cached yet.",
     "W050": "A node is used by no output (directly, through other nodes, or as a fallback): it is left out of the plan.",
 }
 

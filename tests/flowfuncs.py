@@ -16,3 +16,15 @@ async def shout(chunks: AsyncIterator[str], suffix: str = "") -> AsyncIterator[s
 def split_words(text: str) -> list[str]:
     """Split text on whitespace."""
     return text.split()
+
+
+CALLS: dict[str, int] = {}
+FAIL: set[str] = set()
+
+
+def counted(name: str, value: str = "") -> str:
+    """Count calls per name (a test reads CALLS to see whether the node really ran); fail when FAIL names it."""
+    CALLS[name] = CALLS.get(name, 0) + 1
+    if name in FAIL:
+        raise RuntimeError(f"{name} was told to fail")
+    return f"{name}:{value}"

@@ -14,8 +14,8 @@ def flow(body: str, **env: str) -> Plan:
     return load_flow_text("version: 1\nname: t\n" + body, env=env or None)
 
 
-async def run_flow(plan: Plan, inputs: dict[str, Any] | None = None) -> RunResult:
-    return await collect(plan, inputs)
+async def run_flow(plan: Plan, inputs: dict[str, Any] | None = None, **options: Any) -> RunResult:
+    return await collect(plan, inputs, **options)
 
 
 def types(result: RunResult, node: str | None = None) -> list[str]:

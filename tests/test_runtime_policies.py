@@ -33,7 +33,7 @@ nodes:
 """)
     result = await run_flow(plan)
     assert result.outputs == {"answer": "from the fallback"}
-    assert types(result, "a") == ["node_started", "node_retry", "node_fallback", "node_finished"]
+    assert types(result, "a") == ["node_started", "node_retry", "node_started", "node_fallback", "node_finished"]
     fb = next(e for e in result.events if e.type == "node_fallback")
     assert fb.data["to"] == "b" and fb.data["attempts"] == 2
 
