@@ -69,7 +69,7 @@ def decode(text: str | bytes, expected_key: str) -> CacheEntry:
                           payload=payload)
     except CorruptEntry:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:  # deep nesting, a huge int
         raise CorruptEntry(f"entry does not parse: {type(exc).__name__}") from None
 
 
