@@ -71,17 +71,20 @@ class PythonNode(Node):
     def __init__(self, node_id: str, config: Any, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
         super().__init__(node_id, config, flow_dir, env)
         self._fn: Callable[..., Any] | None = None
+        self._identity: dict[str, str] | None = None
 
     worth_caching = True
 
     async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
         """The function's source: editing the code invalidates its cached results."""
-        fn = self._function()
-        try:
-            source = inspect.getsource(fn)
-        except (OSError, TypeError):
-            source = getattr(getattr(fn, "__code__", None), "co_code", b"").hex()
-        return {"function": self.config.function, "source": hashlib.sha256(source.encode("utf-8")).hexdigest()}
+        if self._identity is None:  # once per plan: a code edit means a new process and a new plan anyway
+            fn = self._function()
+            try:
+                source = inspect.getsource(fn)
+            except (OSError, TypeError):
+                source = getattr(getattr(fn, "__code__", None), "co_code", b"").hex()
+            self._identity = {"function": self.config.function, "source": hashlib.sha256(source.encode("utf-8")).hexdigest()}
+        return self._identity
 
     def _function(self) -> Callable[..., Any]:
         if self._fn is None:
