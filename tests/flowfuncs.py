@@ -28,3 +28,14 @@ def counted(name: str, value: str = "") -> str:
     if name in FAIL:
         raise RuntimeError(f"{name} was told to fail")
     return f"{name}:{value}"
+
+
+def logged(name: str, value: str = "") -> str:
+    """For CLI tests in a subprocess: append the name to $RILL_TEST_LOG; fail when $RILL_TEST_FAIL names it."""
+    import os
+
+    with open(os.environ["RILL_TEST_LOG"], "a", encoding="utf-8") as log:
+        log.write(name + "\n")
+    if name in os.environ.get("RILL_TEST_FAIL", "").split(","):
+        raise RuntimeError(f"{name} was told to fail")
+    return f"{name}:{value}"

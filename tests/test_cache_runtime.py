@@ -28,6 +28,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteCache]:
     cache.close()
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as server:  # fails (never skips) when redis-server is not installed
+        yield server.url
+
+
 @pytest.fixture(autouse=True)
 def _fresh_counters(allow_test_functions: None) -> Iterator[None]:
     flowfuncs.CALLS.clear()
@@ -98,7 +106,7 @@ async def test_cache_modes(store: SqliteCache, mode: str, calls: int, hit_on_thi
     plan = counted_flow(f"cache: {{ttl: 10m, mode: {mode}}}")
     for _ in range(3):
         await run_flow(plan, {"q": "m"}, cache=store)
-    assert flowfuncs.CALLS == {"a": calls}
+    assert {"a": calls} == flowfuncs.CALLS
     reader = counted_flow("cache: {ttl: 10m, mode: read}")
     result = await run_flow(reader, {"q": "m"}, cache=store)
     assert any(e.type == "cache_hit" and e.node == "a" for e in result.events) is hit_on_third
@@ -334,3 +342,52 @@ async def _stats(store: SqliteCache) -> list[dict[str, Any]]:
 
     await store.flush()
     return await asyncio.to_thread(store.stats)
+
+
+# -- retrieval: re-ingesting invalidates ---------------------------------------------------------------
+async def test_reingesting_a_collection_turns_its_retrieval_entries_into_misses(tmp_path: Path, store: SqliteCache) -> None:
+    from rillflow.nodes.embedder import load_embedder
+    from rillflow.nodes.ingest import ingest
+    from rillflow.nodes.vectorstore import open_collection
+    from rillflow.runtime.spec import CollectionResource, QdrantLocal
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "kettle.md").write_text("# Kettles\n\nDescale the Zephyr kettle every four weeks.\n")
+    embedder = load_embedder("all-MiniLM-L6-v2")
+    collection = open_collection(CollectionResource(qdrant=QdrantLocal(path=str(tmp_path / "qdrant"))), label="docs",
+                                 flow_dir=str(tmp_path), dim=embedder.dim, create=True)
+    ingest([docs], collection, embedder, base=tmp_path)
+    plan = flow(f"""
+collections: {{docs: {{qdrant: {{path: "{tmp_path / 'qdrant'}"}}}}}}
+inputs: {{q: {{type: string}}}}
+outputs: {{context: "${{search.context}}"}}
+nodes:
+  search: {{type: retrieve, collection: docs, query: "${{inputs.q}}", cache: 10m}}
+""")
+    first = await run_flow(plan, {"q": "How often to descale?"}, cache=store)
+    hit = await run_flow(plan, {"q": "How often to descale?"}, cache=store)
+    assert any(e.type == "cache_hit" for e in hit.events)
+    (docs / "kettle.md").write_text("# Kettles\n\nDescale the Zephyr kettle every two weeks in hard-water areas.\n")
+    ingest([docs], collection, embedder, base=tmp_path)
+    after = await run_flow(plan, {"q": "How often to descale?"}, cache=store)
+    assert not any(e.type == "cache_hit" for e in after.events)
+    assert "two weeks" in after.outputs["context"] and "four weeks" in first.outputs["context"]
+
+
+# -- several workers sharing one Redis --------------------------------------------------------------------
+async def test_two_workers_share_entries_through_redis(redis_url: str) -> None:
+    from rillflow.runtime.cache_redis import RedisCache
+
+    worker_a, worker_b = RedisCache(redis_url, prefix="t1:"), RedisCache(redis_url, prefix="t1:")
+    try:
+        plan = counted_flow()
+        await run_flow(plan, {"q": "shared"}, cache=worker_a)
+        await worker_a.flush()
+        second = await run_flow(plan, {"q": "shared"}, cache=worker_b)
+        assert flowfuncs.CALLS == {"a": 1}
+        assert event(second, "cache_hit", "b")["tier"] == "exact"
+        assert chunks(second) == ["a:shared ", "streamed ", "in ", "words"]
+    finally:
+        await worker_a.aclose()
+        await worker_b.aclose()
