@@ -131,7 +131,7 @@ def run_flow(
     if no_cache and resume:
         typer.echo("error: --resume reuses cached results: it cannot be combined with --no-cache", err=True)
         raise typer.Exit(EXIT_INVALID)
-    cache = None if no_cache else _open_cache_or_exit()
+    cache = None if no_cache else _open_cache(required=resume is not None)
     given = _gather_inputs(plan, input or [], inputs_file)
     if resume is not None:
         assert cache is not None
@@ -180,14 +180,18 @@ class RunOptions(NamedTuple):
     tenant: str | None = None
 
 
-def _open_cache_or_exit() -> Any:
+def _open_cache(*, required: bool) -> Any:
+    """The cache store; without one a run is only slower, so only --resume (which needs it) stops here."""
     from rillflow.runtime.cache_open import open_cache
 
     try:
         return open_cache()
     except (ValueError, OSError) as exc:
-        typer.echo(f"error: cannot open the cache: {exc} (set RILL_CACHE_URL, or pass --no-cache)", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        if required:
+            typer.echo(f"error: cannot open the cache: {exc} (check RILL_CACHE_URL and RILL_STATE_DIR)", err=True)
+            raise typer.Exit(EXIT_INVALID) from None
+        typer.echo(f"warning: running without a cache: {exc}", err=True)
+        return None
 
 
 def _trace_store() -> Any:

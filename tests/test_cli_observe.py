@@ -85,3 +85,11 @@ def test_no_trace_and_no_cache_leave_no_record(project: Path) -> None:
     result = rill(project, "run", "flow.yaml", "-i", "q=x", "--no-trace", "--no-cache")
     assert result.returncode == 0
     assert json.loads(rill(project, "trace", "list", "--json").stdout) == []
+
+
+def test_an_unusable_state_folder_degrades_to_warnings_and_the_run_still_answers(project: Path) -> None:
+    (project / ".rill").write_text("a file where the state folder should be")
+    result = rill(project, "run", "flow.yaml", "-i", "q=x")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "second:first:x"
+    assert "warning" in result.stderr and "Traceback" not in result.stderr

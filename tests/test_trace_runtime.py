@@ -176,3 +176,29 @@ nodes:
         assert secret.encode() not in raw, secret
     run: dict[str, Any] | None = TraceStore(tmp_path / "traces.db").get_run(result.events[0].run_id)
     assert run is not None and run["status"] == "failed" and [s["node"] for s in run["spans"]] == ["p", "ask"]
+
+
+async def test_a_real_run_reaches_an_otlp_collector_with_one_span_per_attempt(tmp_path: Path) -> None:
+    from rillflow.runtime.trace_otlp import OtlpExporter
+    from tests.test_trace_otlp import Collector
+
+    collector = Collector()
+    collector.thread.start()
+    exporter = OtlpExporter(endpoint=collector.url)
+    store = TraceStore(tmp_path / "traces.db", exporter=exporter)
+    try:
+        result = await run_flow(flow(RETRY_THEN_FALLBACK), trace=store)
+        assert store.flush()
+        exporter.flush(5)
+        spans = collector.spans()
+        names = sorted(s.name for s in spans)
+        assert names == ["invoke_workflow t", "scripted a", "scripted a", "scripted b"]
+        root = next(s for s in spans if s.name.startswith("invoke_workflow"))
+        assert all(s.trace_id == root.trace_id for s in spans)
+        assert all(s.parent_span_id == root.span_id for s in spans if s is not root)
+        stored = store.get_run(result.events[0].run_id)
+        assert stored is not None and root.trace_id.hex() == stored["trace_id"]
+    finally:
+        store.close()
+        collector.server.shutdown()
+        collector.server.server_close()
