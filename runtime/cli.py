@@ -226,11 +226,16 @@ def _full_run_id(run_id: str) -> str:
     """A unique prefix of a run id, as `rill trace list` shows them, expanded through the trace store."""
     if len(run_id) >= 32:
         return run_id
-    try:
-        from rillflow.runtime.trace_store import TraceStore
+    import sqlite3
 
-        found = TraceStore.from_env().get_run(run_id)
-    except Exception:  # no trace store: the id must then be given in full
+    from rillflow.runtime.trace_store import AmbiguousRunId, TraceStore, TraceStoreError
+
+    try:
+        found = TraceStore.from_env(export=False).get_run(run_id)
+    except AmbiguousRunId as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    except (OSError, ValueError, sqlite3.Error, TraceStoreError):  # no readable trace store: the id must be given in full
         return run_id
     return str(found["run_id"]) if found else run_id
 
