@@ -10,7 +10,9 @@ retries (redis-py retries 10 times with backoff by default), a failure is a miss
 most every 30 s, and after one the store skips Redis for a second instead of timing out on each call.
 
 redis.asyncio clients belong to the event loop that opened their connections, so there is one per
-loop (as nodes/llm_remote.py does for AsyncOpenAI), closed when that loop shuts down.
+loop (as nodes/llm_remote.py does for AsyncOpenAI), closed when that loop shuts down. Opening clients
+and handling their errors is rillflow.runtime.cache_redis_client, the blocking walks behind ``stats``
+and ``clear`` are rillflow.runtime.cache_redis_admin; ``redact`` is still imported from here.
 """
 
 from __future__ import annotations
@@ -18,23 +20,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from rillflow.runtime.cache_sqlite import COUNTERS, ScopeMatrix, Vector, Warner, log, merge_stats, unit
+from rillflow.runtime.cache_redis_admin import clear_all, clear_some, scan_stats
+from rillflow.runtime.cache_redis_client import LoopClient, admin_errors, as_bytes, as_text, blocking_client, redact
+from rillflow.runtime.cache_stats import COUNTERS, FIELDS, Warner, log, merge_stats
 from rillflow.runtime.cache_store import CacheEntry, CorruptEntry, Counter, decode, encode
+from rillflow.runtime.cache_vectors import ScopeMatrix, Vector, unit
+
+__all__ = ["ADMIN_TIMEOUT_S", "COUNTER_FLUSH_S", "FIELDS", "MATRIX_TTL_S", "MAX_BATCH", "MAX_CANDIDATES", "SKIP_AFTER_FAILURE_S",
+           "SOCKET_TIMEOUT_S", "Errors", "RedisCache", "redact"]
 
 SOCKET_TIMEOUT_S = 0.5
 ADMIN_TIMEOUT_S = 5.0  # stats and clear walk the whole keyspace: give them longer
@@ -43,34 +48,7 @@ COUNTER_FLUSH_S = 1.0
 MATRIX_TTL_S = 3.0  # other workers' vectors show up within this
 MAX_BATCH = 500  # puts per pipeline
 MAX_CANDIDATES = 8  # documents fetched by one nearest() before it gives up (vectors of expired entries)
-FIELDS = ("hits", "misses", "writes", "corrupt")
 Errors = (redis.RedisError, OSError)
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
-
-
-def _glob(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-class _LoopClient:
-    """The async client of one event loop and the async generator whose ``finally`` closes it.
-
-    DO NOT replace the generator with a plain callback: asyncio has no hook before a loop closes,
-    but ``asyncio.run`` (and pytest-asyncio's Runner, and uvicorn) finalize live async generators
-    first, so this one closes the client's connections while the loop can still run the close."""
-
-    def __init__(self, client: aioredis.Redis, closer: AsyncIterator[None]) -> None:
-        self.client = client
-        self.closer = closer
 
 
 @dataclass(slots=True)
@@ -89,7 +67,7 @@ class RedisCache:
         self.prefix = prefix
         self.errors = 0
         self.closed = False
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopClient] = weakref.WeakKeyDictionary()
         self._sync: redis.Redis | None = None  # puts and counts without an event loop
         self._admin_client: redis.Redis | None = None  # stats and clear: longer timeouts
         self._pending: dict[str, bytes] = {}  # key -> doc, until its SET is acknowledged
@@ -113,7 +91,7 @@ class RedisCache:
         if held is None:
             client = aioredis.Redis.from_url(self.url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
                                              retry=AsyncRetry(NoBackoff(), 0))
-            held = self._clients[loop] = _LoopClient(client, self._closer(client, weakref.ref(loop)))
+            held = self._clients[loop] = LoopClient(client, self._closer(client, weakref.ref(loop)))
             await held.closer.__anext__()  # started: the loop now finalizes it at shutdown
         return held.client
 
@@ -130,7 +108,7 @@ class RedisCache:
 
     def _sync_client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = _blocking_client(self.url, SOCKET_TIMEOUT_S)
+            self._sync = blocking_client(self.url, SOCKET_TIMEOUT_S)
         return self._sync
 
     def _skipping(self) -> bool:
@@ -159,7 +137,7 @@ class RedisCache:
         except Errors as exc:
             self._unreachable(exc)
             return None
-        return None if found is None else _raw(found)
+        return None if found is None else as_bytes(found)
 
     def _decoded(self, key: str, doc: bytes, at: float) -> CacheEntry | None:
         try:
@@ -206,7 +184,7 @@ class RedisCache:
         except Errors as exc:
             self._unreachable(exc)
             return matrix or ScopeMatrix.from_rows([], dim)
-        fresh = ScopeMatrix.from_rows([(_text(k), _raw(v), None) for k, v in raw.items()], dim)
+        fresh = ScopeMatrix.from_rows([(as_text(k), as_bytes(v), None) for k, v in raw.items()], dim)
         for key, vec in waiting:
             fresh.add(key, vec, None)
         self._matrices[(scope, dim)] = fresh
@@ -346,70 +324,24 @@ class RedisCache:
     def stats(self, flow: str | None = None) -> list[dict[str, Any]]:
         """Per (flow, node): entries, bytes, hits, misses, writes, corrupt, hit_rate. Forgets keys Redis expired."""
         r = self._admin()
-        prefix, flows = _glob(self.prefix), _glob(flow) if flow else "*"
-        with _admin_errors(self.url):
+        with admin_errors(self.url):
             self._send_sync([])
-            sizes = [self._node_size(r, name) for name in r.scan_iter(match=f"{prefix}n:{flows}:*", count=1000)]
-            counters: list[tuple[str, str, int, int, int, int]] = []
-            for name in r.scan_iter(match=f"{prefix}c:{flows}:*", count=1000):
-                got = {_text(k): int(v) for k, v in r.hgetall(name).items()}
-                hits, misses, writes, corrupt = (got.get(f, 0) for f in FIELDS)
-                counters.append((*self._owner_of(name, "c:"), hits, misses, writes, corrupt))
+            sizes, counters = scan_stats(r, self.prefix, flow)
         return merge_stats(sizes, counters)
-
-    def _node_size(self, r: redis.Redis, name: bytes) -> tuple[str, str, int, int]:
-        keys = [k.decode() for k in r.smembers(name)]  # type: ignore[union-attr]
-        pipe = r.pipeline(transaction=False)
-        for key in keys:
-            pipe.strlen(self._ekey(key))
-        lengths = pipe.execute()
-        gone = [k for k, n in zip(keys, lengths, strict=True) if not n]
-        if gone:
-            r.srem(name, *gone)
-        return (*self._owner_of(name, "n:"), len(keys) - len(gone), sum(lengths))
-
-    def _owner_of(self, name: bytes, kind: str) -> tuple[str, str]:
-        flow, _, node = name.decode()[len(self.prefix) + len(kind):].partition(":")  # flow names have no ':'
-        return flow, node
 
     def clear(self, flow: str | None = None, node: str | None = None) -> int:
         """Delete the entries, vectors and counters of a flow / node (all under the prefix when both are None); return how many entries."""
         r = self._admin()
-        with _admin_errors(self.url):
-            removed = self._clear_all(r) if flow is None and node is None else self._clear_some(r, flow, node)
+        with admin_errors(self.url):
+            removed = clear_all(r, self.prefix) if flow is None and node is None else clear_some(r, self.prefix, flow, node)
         self._matrices = {}
-        return removed
-
-    def _clear_all(self, r: redis.Redis) -> int:
-        removed = 0
-        for batch in _batches(r.scan_iter(match=f"{_glob(self.prefix)}*", count=1000)):
-            entries = [k for k in batch if k.startswith(f"{self.prefix}e:".encode())]
-            removed += int(r.delete(*entries)) if entries else 0
-            others = [k for k in batch if not k.startswith(f"{self.prefix}e:".encode())]
-            if others:
-                r.delete(*others)
-        return removed
-
-    def _clear_some(self, r: redis.Redis, flow: str | None, node: str | None) -> int:
-        scopes = list(r.scan_iter(match=f"{_glob(self.prefix)}v:*", count=1000))
-        removed = 0
-        for name in r.scan_iter(match=f"{_glob(self.prefix)}n:{_glob(flow) if flow else '*'}:{_glob(node) if node else '*'}", count=1000):
-            owner = self._owner_of(name, "n:")
-            if (node is not None and owner[1] != node) or (flow is not None and owner[0] != flow):
-                continue  # the glob matched across a ':' in a node name
-            keys = [k.decode() for k in r.smembers(name)]  # type: ignore[union-attr]
-            for batch in _batches(keys):
-                removed += int(r.delete(*(self._ekey(k) for k in batch)))
-                for scope in scopes:
-                    r.hdel(scope, *batch)
-            r.delete(name, f"{self.prefix}c:{owner[0]}:{owner[1]}")
         return removed
 
     def _admin(self) -> redis.Redis:
         if self.closed:
             raise RuntimeError(f"the cache at {redact(self.url)} is closed")
         if self._admin_client is None:
-            self._admin_client = _blocking_client(self.url, ADMIN_TIMEOUT_S)
+            self._admin_client = blocking_client(self.url, ADMIN_TIMEOUT_S)
         return self._admin_client
 
     # -- closing -----------------------------------------------------------------------------
@@ -444,10 +376,6 @@ class RedisCache:
                 closing.close()
 
 
-def _blocking_client(url: str, timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
-
-
 def _owner(doc: bytes) -> tuple[str | None, str | None]:
     """The flow and node a corrupt document claims, when it still parses that far."""
     try:
@@ -456,33 +384,3 @@ def _owner(doc: bytes) -> tuple[str | None, str | None]:
     except (ValueError, AttributeError):
         return None, None
     return (flow, node) if isinstance(flow, str) and isinstance(node, str) else (None, None)
-
-
-def _batches(items: Iterable[Any], size: int = 500) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-@contextlib.contextmanager
-def _admin_errors(url: str) -> Iterator[None]:
-    """Turn redis-py errors of a blocking admin call into one-line messages naming the (redacted) URL."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise ConnectionError(f"cannot reach the cache at {redact(url)}: {exc}") from None
-    except redis.RedisError as exc:
-        raise RuntimeError(f"the cache at {redact(url)} failed: {exc}") from None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _raw(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value

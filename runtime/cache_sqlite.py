@@ -8,6 +8,9 @@ waiting for the writer are kept in memory and served from there: a ``get`` right
 
 ``nearest`` is brute force: the scope's unit vectors as one numpy matrix (10k x 384 is 15 MB and one
 matrix-vector product), loaded once and kept; vectors this process adds are appended in memory.
+The file's schema and statements are in rillflow.runtime.cache_sqlite_db, the matrix in
+rillflow.runtime.cache_vectors and the counters, stats and warnings both stores share in
+rillflow.runtime.cache_stats; the names that moved there are re-exported from here.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -27,118 +29,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
+from rillflow.runtime.cache_sqlite_db import ADD_COUNTS, INSERT_ENTRY, INSERT_VECTOR, SCHEMA, SELECT_DOC, connect
+from rillflow.runtime.cache_stats import COUNTERS, Warner, merge_stats
 from rillflow.runtime.cache_store import CacheEntry, CorruptEntry, Counter, decode, encode
+from rillflow.runtime.cache_vectors import ScopeMatrix, Vector, unit
+
+__all__ = ["ADD_COUNTS", "COUNTERS", "COUNTER_FLUSH_S", "INSERT_ENTRY", "INSERT_VECTOR", "MATRIX_RECHECK_S", "MAX_BATCH", "SCHEMA",
+           "SELECT_DOC", "ScopeMatrix", "SqliteCache", "Vector", "Warner", "log", "merge_stats", "unit"]
 
 log = logging.getLogger("rillflow.cache")
 T = TypeVar("T")
-Vector = npt.NDArray[np.float32]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, flow TEXT NOT NULL, node TEXT NOT NULL, node_type TEXT NOT NULL,
-    tenant TEXT, created REAL NOT NULL, expires REAL, size INTEGER NOT NULL, doc TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_flow_node ON entries(flow, node);
-CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires);
-CREATE TABLE IF NOT EXISTS vectors(key TEXT PRIMARY KEY, scope TEXT NOT NULL, dim INTEGER NOT NULL, vec BLOB NOT NULL, expires REAL);
-CREATE INDEX IF NOT EXISTS vectors_scope ON vectors(scope);
-CREATE TABLE IF NOT EXISTS counters(flow TEXT NOT NULL, node TEXT NOT NULL, hits INTEGER NOT NULL DEFAULT 0,
-    misses INTEGER NOT NULL DEFAULT 0, writes INTEGER NOT NULL DEFAULT 0, corrupt INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(flow, node));
-"""
-# CAST: a doc that is not valid UTF-8 comes back as bytes and fails in decode() (a corrupt entry),
-# instead of failing the fetch itself.
-SELECT_DOC = "SELECT CAST(doc AS BLOB), expires, flow, node FROM entries WHERE key = ?"
-INSERT_ENTRY = "INSERT OR REPLACE INTO entries(key, flow, node, node_type, tenant, created, expires, size, doc) VALUES (?,?,?,?,?,?,?,?,?)"
-INSERT_VECTOR = "INSERT OR REPLACE INTO vectors(key, scope, dim, vec, expires) VALUES (?,?,?,?,?)"
-ADD_COUNTS = """INSERT INTO counters(flow, node, hits, misses, writes, corrupt) VALUES (?,?,?,?,?,?)
-    ON CONFLICT(flow, node) DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses,
-    writes = writes + excluded.writes, corrupt = corrupt + excluded.corrupt"""
-COUNTERS: dict[str, int] = {"hit": 0, "miss": 1, "write": 2, "corrupt": 3}
 COUNTER_FLUSH_S = 1.0  # how long counts may wait in memory for the writer
 MAX_BATCH = 512  # puts per transaction
 MATRIX_RECHECK_S = 5.0  # how often a loaded matrix looks for rows written by other processes
-
-
-class Warner:
-    """Log a recurring failure (a full disk, a down server) once per ``every`` seconds, not once per call."""
-
-    def __init__(self, every: float = 30.0) -> None:
-        self.every = every
-        self._last: dict[str, float] = {}
-
-    def warn(self, what: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(what, -self.every) >= self.every:
-            self._last[what] = now
-            log.warning(message, *args)
-
-
-def unit(vector: Any) -> Vector | None:
-    """``vector`` as a flat unit float32 array; None for an empty or zero vector."""
-    arr = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.linalg.norm(arr))
-    if arr.size == 0 or not np.isfinite(norm) or norm == 0.0:
-        return None
-    return (arr / norm).astype(np.float32, copy=False)
-
-
-class ScopeMatrix:
-    """One scope's vectors of one dimension, for brute-force cosine search (dot products of unit vectors).
-
-    Rows added with ``add`` wait in a dict and are folded into the matrix at the next search, so a
-    put never copies the matrix and a search right after a put sees the new row."""
-
-    def __init__(self, keys: list[str], vectors: Vector, expires: npt.NDArray[np.float64], version: object = None) -> None:
-        self.keys = keys
-        self.vectors = vectors
-        self.expires = expires  # +inf: never
-        self.version = version  # what the loader needs to tell whether the source changed
-        self.loaded = time.monotonic()
-        self._added: dict[str, tuple[Vector, float]] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_rows(cls, rows: list[tuple[str, bytes, float | None]], dim: int, version: object = None) -> ScopeMatrix:
-        """From (key, raw little-endian float32 bytes, expires) rows; rows of another length are skipped."""
-        rows = [r for r in rows if len(r[1]) == 4 * dim]
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").astype(np.float32).reshape(len(rows), dim)
-        expires = np.array([np.inf if r[2] is None else r[2] for r in rows], dtype=np.float64)
-        return cls([r[0] for r in rows], vectors, expires, version)
-
-    def add(self, key: str, vector: Vector, expires: float | None) -> None:
-        with self._lock:
-            self._added[key] = (vector, np.inf if expires is None else expires)
-
-    def search(self, query: Vector, threshold: float, now: float | None) -> list[tuple[str, float]]:
-        """(key, similarity) of rows at least ``threshold`` similar and, unless ``now`` is None, live at ``now``; best first."""
-        self._fold()
-        if not self.keys:
-            return []
-        sims = self.vectors @ query
-        mask = sims >= threshold
-        if now is not None:
-            mask &= self.expires > now
-        found = np.flatnonzero(mask)
-        found = found[np.argsort(-sims[found], kind="stable")]
-        return [(self.keys[i], float(sims[i])) for i in found]
-
-    def drop(self, keys: list[str]) -> None:
-        """Forget rows (of entries found gone)."""
-        self._fold()
-        gone = set(keys)
-        with self._lock:
-            keep = np.array([k not in gone for k in self.keys], dtype=bool)
-            self.keys = [k for k, kept in zip(self.keys, keep, strict=True) if kept]
-            self.vectors, self.expires = self.vectors[keep], self.expires[keep]
-
-    def _fold(self) -> None:
-        with self._lock:
-            if not self._added:
-                return
-            added, self._added = self._added, {}
-            self.keys = self.keys + list(added)
-            self.vectors = np.vstack([self.vectors, np.stack([v for v, _ in added.values()])])
-            self.expires = np.concatenate([self.expires, np.array([e for _, e in added.values()], dtype=np.float64)])
 
 
 @dataclass(slots=True)
@@ -181,7 +86,7 @@ class SqliteCache:
         self._warner = Warner()
         self._read_lock = threading.Lock()
         try:
-            self._wconn, self._rconn = self._connect()
+            self._wconn, self._rconn = connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             self.broken = f"{type(exc).__name__}: {exc}"
             log.warning("cache disabled: cannot open %s: %s", self.path, self.broken)
@@ -189,21 +94,6 @@ class SqliteCache:
         self._thread = threading.Thread(target=self._write_loop, name=f"rill-cache-writer:{self.path.name}", daemon=True)
         self._thread.start()
         atexit.register(self.close)
-
-    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not self.path.exists():  # private from the first byte: entries hold what users asked
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        try:
-            writer.execute("PRAGMA journal_mode=WAL")
-            writer.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
-            writer.executescript(SCHEMA)
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.05)
-        except BaseException:
-            writer.close()
-            raise
-        return writer, reader
 
     # -- reads: on the caller's thread -------------------------------------------------------
     async def get(self, key: str, *, now: float | None = None) -> CacheEntry | None:
@@ -448,21 +338,3 @@ class SqliteCache:
 
     def __repr__(self) -> str:
         return f"SqliteCache({str(self.path)!r})"
-
-
-def merge_stats(sizes: list[tuple[str, str, int, int]], counters: list[tuple[str, str, int, int, int, int]]) -> list[dict[str, Any]]:
-    """Rows of (flow, node, entries, bytes) and (flow, node, hits, misses, writes, corrupt) as one dict per (flow, node)."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def row(flow: str, node: str) -> dict[str, Any]:
-        return rows.setdefault((flow, node), {"flow": flow, "node": node, "entries": 0, "bytes": 0, "hits": 0, "misses": 0,
-                                              "writes": 0, "corrupt": 0, "hit_rate": None})
-
-    for flow, node, entries, size in sizes:
-        row(flow, node).update(entries=int(entries), bytes=int(size))
-    for flow, node, hits, misses, writes, corrupt in counters:
-        row(flow, node).update(hits=int(hits), misses=int(misses), writes=int(writes), corrupt=int(corrupt))
-    for r in rows.values():
-        looked = r["hits"] + r["misses"]
-        r["hit_rate"] = r["hits"] / looked if looked else None
-    return [rows[k] for k in sorted(rows)]

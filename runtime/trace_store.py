@@ -9,15 +9,15 @@ there (disk full, a locked or corrupt file, a path that is a folder) is counted 
 logged, never raised: tracing must not fail a run. Reads (``list_runs``, ``get_run``, feedback,
 ``prune``) block and are meant for the CLI and for worker threads of a server.
 
-A record (what ``get_run`` returns and the exporter receives) is a dict with the ``runs`` columns,
-``spans`` (each with ``attributes`` and ``events`` decoded, ``start_ms``/``end_ms`` since the run
-started) and ``feedback``. The file is created 0600 in a 0700 folder: it holds what users asked.
+A record (what ``get_run`` returns and the exporter receives) is built and read back by
+rillflow.runtime.trace_records; the file (schema, opening, transactions, lookup by id or prefix) is
+rillflow.runtime.trace_db, created 0600 in a 0700 folder: it holds what users asked. The names that
+moved there (TraceStoreError, AmbiguousRunId, MIN_PREFIX, to_record...) are re-exported from here.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import queue
@@ -29,53 +29,34 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rillflow.runtime.errors import RillError
 from rillflow.runtime.redact import Redactor
 from rillflow.runtime.state import env_duration, trace_db_path
-from rillflow.runtime.trace_model import RunTrace, Span
+from rillflow.runtime.trace_db import (
+    MIN_PREFIX,
+    SCHEMA_VERSION,
+    AmbiguousRunId,
+    TraceStoreError,
+    connect,
+    find_run,
+    insert_run,
+    transaction,
+)
+from rillflow.runtime.trace_model import RunTrace
+from rillflow.runtime.trace_records import RUN_COLUMNS, SPAN_COLUMNS, run_dict, span_dict, to_record
 
 if TYPE_CHECKING:
     from rillflow.runtime.trace_otlp import OtlpExporter
 
+__all__ = ["BATCH", "MAX_COMMENT", "MIN_PREFIX", "PRUNE_EVERY_S", "RUN_COLUMNS", "SCHEMA_VERSION", "SPAN_COLUMNS", "WARN_EVERY_S",
+           "AmbiguousRunId", "TraceStore", "TraceStoreError", "to_record"]
+
 log = logging.getLogger("rillflow.trace")
 
-SCHEMA_VERSION = 1
 BATCH = 64  # traces per transaction: one fsync for many runs under load
 PRUNE_EVERY_S = 600.0
 WARN_EVERY_S = 60.0
-MIN_PREFIX = 6
 MAX_COMMENT = 2000
 _STOP = object()  # put by close(): the writer finishes what is before it, then exits
-RUN_COLUMNS = ("run_id", "trace_id", "root_span_id", "flow", "tenant", "started_at", "duration_ms", "status", "error_kind",
-               "error_message", "ttft_ms", "input_tokens", "output_tokens", "cost", "cache_hits", "inputs", "outputs", "span_count")
-SPAN_COLUMNS = ("span_id", "node", "node_type", "attempt", "start_ms", "end_ms", "status", "attributes", "events")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, root_span_id TEXT, flow TEXT NOT NULL, tenant TEXT,
-    started_at REAL NOT NULL, duration_ms REAL, status TEXT NOT NULL, error_kind TEXT, error_message TEXT, ttft_ms REAL,
-    input_tokens INTEGER, output_tokens INTEGER, cost REAL, cache_hits INTEGER, inputs TEXT, outputs TEXT, span_count INTEGER);
-CREATE INDEX IF NOT EXISTS runs_started_at ON runs (started_at);
-CREATE INDEX IF NOT EXISTS runs_flow ON runs (flow);
-CREATE TABLE IF NOT EXISTS spans (
-    run_id TEXT NOT NULL, span_id TEXT NOT NULL, node TEXT NOT NULL, node_type TEXT, attempt INTEGER, start_ms REAL,
-    end_ms REAL, status TEXT, attributes TEXT, events TEXT);
-CREATE INDEX IF NOT EXISTS spans_run_id ON spans (run_id);
-CREATE TABLE IF NOT EXISTS feedback (run_id TEXT NOT NULL, created REAL NOT NULL, score INTEGER NOT NULL, comment TEXT, tenant TEXT);
-CREATE INDEX IF NOT EXISTS feedback_run_id ON feedback (run_id);
-"""
-
-
-class TraceStoreError(RillError):
-    """The trace file cannot be read (corrupt, written by a newer rillflow, not a file)."""
-
-
-class AmbiguousRunId(TraceStoreError, LookupError):
-    """A run-id prefix matches more than one run; ``matches`` lists some of them."""
-
-    def __init__(self, prefix: str, matches: list[str]) -> None:
-        super().__init__(f"run id '{prefix}' is ambiguous: it starts {', '.join(matches)}; give more characters")
-        self.matches = matches
 
 
 class TraceStore:
@@ -206,9 +187,9 @@ class TraceStore:
                 self._failed(1, exc)
         try:
             conn = self._writer_conn()
-            with _transaction(conn):
+            with transaction(conn):
                 for record in records:
-                    _insert(conn, record)
+                    insert_run(conn, record)
             self.written += len(records)
         except Exception as exc:
             self._failed(len(records), exc)
@@ -228,7 +209,7 @@ class TraceStore:
 
     def _writer_conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = _connect(self.path, create=True)
+            self._conn = connect(self.path, create=True)
             self._prune_quietly(self._conn)  # on start: a store reopened after weeks sheds its old runs first
         return self._conn
 
@@ -266,7 +247,7 @@ class TraceStore:
 
     def _prune(self, conn: sqlite3.Connection) -> int:
         self._last_prune = time.monotonic()
-        with _transaction(conn):
+        with transaction(conn):
             doomed: set[str] = set()
             if self.retention_s is not None:
                 doomed.update(r[0] for r in conn.execute("SELECT run_id FROM runs WHERE started_at < ?", (time.time() - self.retention_s,)))
@@ -294,7 +275,7 @@ class TraceStore:
                 return []
             rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY started_at DESC, run_id DESC LIMIT ?",
                                 (*used.values(), max(0, limit))).fetchall()
-        return [_run_dict(row) for row in rows]
+        return [run_dict(row) for row in rows]
 
     def get_run(self, run_id: str, *, tenant: str | None = None) -> dict[str, Any] | None:
         """A run with its spans (by start) and feedback, by id or a unique prefix of 6+ characters.
@@ -304,15 +285,15 @@ class TraceStore:
         with self._reader() as conn:
             if conn is None:
                 return None
-            row = _find(conn, run_id, tenant)
+            row = find_run(conn, run_id, tenant)
             if row is None:
                 return None
-            run = _run_dict(row)
+            run = run_dict(row)
             spans = conn.execute(f"SELECT {', '.join(SPAN_COLUMNS)} FROM spans WHERE run_id = ? ORDER BY start_ms, attempt, rowid",
                                  (run["run_id"],)).fetchall()
             feedback = conn.execute("SELECT created, score, comment, tenant FROM feedback WHERE run_id = ? ORDER BY created, rowid",
                                     (run["run_id"],)).fetchall()
-        run["spans"] = [_span_dict(s) for s in spans]
+        run["spans"] = [span_dict(s) for s in spans]
         run["feedback"] = [dict(f) for f in feedback]
         return run
 
@@ -324,10 +305,10 @@ class TraceStore:
         with self._reader() as conn:
             if conn is None:
                 return False
-            row = _find(conn, run_id, tenant)
+            row = find_run(conn, run_id, tenant)
             if row is None:
                 return False
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute("INSERT INTO feedback (run_id, created, score, comment, tenant) VALUES (?, ?, ?, ?, ?)",
                              (row["run_id"], time.time(), score, text, row["tenant"]))
         return True
@@ -339,130 +320,10 @@ class TraceStore:
             yield None
             return
         try:
-            with closing(_connect(self.path, create=False)) as conn:
+            with closing(connect(self.path, create=False)) as conn:
                 yield conn
         except sqlite3.Error as exc:
             raise TraceStoreError(f"{self.path}: cannot use the trace store: {exc}") from exc
-
-
-# -- records -------------------------------------------------------------------------------------
-
-
-def to_record(trace: RunTrace, redactor: Redactor) -> dict[str, Any]:
-    """The redacted record of a trace: what is written, exported, and read back by ``get_run``."""
-    r = redactor.with_secrets(trace.secrets)
-    spans = sorted((_span_record(span, r) for span in trace.spans), key=lambda s: s["start_ms"])
-    return {
-        "run_id": trace.run_id, "trace_id": trace.trace_id, "root_span_id": trace.root_span_id, "flow": trace.flow,
-        "tenant": trace.tenant, "started_at": trace.started_at, "duration_ms": trace.duration_ms, "status": trace.status,
-        "error_kind": trace.error_kind, "error_message": None if trace.error_message is None else r.redact_text(trace.error_message),
-        "ttft_ms": trace.ttft_ms, "input_tokens": trace.input_tokens, "output_tokens": trace.output_tokens, "cost": trace.cost,
-        "cache_hits": trace.cache_hits, "inputs": r.redact_value(trace.inputs), "outputs": r.redact_value(trace.outputs),
-        "span_count": len(spans), "spans": spans,
-    }
-
-
-def _span_record(span: Span, r: Redactor) -> dict[str, Any]:
-    # Attribute names are rillflow's own (trace_model.ATTRIBUTES): only the values are redacted.
-    attributes = {str(k): r.redact_value(v) for k, v in span.attributes.items()}
-    if span.inputs is not None:
-        attributes["rill.input"] = r.truncate(_json(r.redact_value(span.inputs)))
-    if span.outputs is not None:
-        attributes["rill.output"] = r.truncate(_json(r.redact_value(span.outputs)))
-    return {
-        "span_id": span.span_id, "node": span.node, "node_type": span.node_type, "attempt": span.attempt,
-        "start_ms": span.start * 1000.0, "end_ms": None if span.end is None else span.end * 1000.0, "status": span.status,
-        "attributes": attributes,
-        "events": [{"time_ms": t * 1000.0, "name": str(name), "data": r.redact_value(data)} for t, name, data in span.events],
-    }
-
-
-def _insert(conn: sqlite3.Connection, record: dict[str, Any]) -> None:
-    values = [_json(record[c]) if c in ("inputs", "outputs") else record[c] for c in RUN_COLUMNS]
-    conn.execute("DELETE FROM spans WHERE run_id = ?", (record["run_id"],))  # a resubmitted run replaces its spans
-    conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})", values)
-    conn.executemany(
-        f"INSERT INTO spans (run_id, {', '.join(SPAN_COLUMNS)}) VALUES ({', '.join('?' * (len(SPAN_COLUMNS) + 1))})",
-        [(record["run_id"], *(_json(s[c]) if c in ("attributes", "events") else s[c] for c in SPAN_COLUMNS)) for s in record["spans"]],
-    )
-
-
-def _find(conn: sqlite3.Connection, run_id: str, tenant: str | None) -> sqlite3.Row | None:
-    scope, args = ("AND tenant = ?", (tenant,)) if tenant is not None else ("", ())
-    row: sqlite3.Row | None = conn.execute(f"SELECT * FROM runs WHERE run_id = ? {scope}", (run_id, *args)).fetchone()
-    if row is not None or len(run_id) < MIN_PREFIX:
-        return row
-    # A prefix, as git takes one. U+10FFFF sorts after every character a run id can hold.
-    rows = conn.execute(f"SELECT * FROM runs WHERE run_id >= ? AND run_id < ? {scope} ORDER BY run_id LIMIT 5",
-                        (run_id, run_id + "\U0010ffff", *args)).fetchall()
-    if len(rows) > 1:
-        raise AmbiguousRunId(run_id, [r["run_id"] for r in rows])
-    return rows[0] if rows else None
-
-
-def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-    run = {c: row[c] for c in RUN_COLUMNS}
-    run["inputs"], run["outputs"] = _unjson(run["inputs"]), _unjson(run["outputs"])
-    return run
-
-
-def _span_dict(row: sqlite3.Row) -> dict[str, Any]:
-    span = {c: row[c] for c in SPAN_COLUMNS}
-    span["attributes"] = _unjson(span["attributes"]) or {}
-    span["events"] = _unjson(span["events"]) or []
-    return span
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _unjson(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-# -- the file ------------------------------------------------------------------------------------
-
-
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    if create:
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite gives -wal and -shm the file's mode
-    # isolation_level=None: transactions are explicit (_transaction), so a read never holds a write lock.
-    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=True)
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
-        conn.executescript(_SCHEMA)
-        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-        if version is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif version > SCHEMA_VERSION:
-            raise TraceStoreError(f"{path}: trace schema {version} is newer than this rillflow reads ({SCHEMA_VERSION}): "
-                                  "upgrade rillflow or point RILL_TRACE_DB elsewhere")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _env_count(name: str, default: int | None) -> int | None:
