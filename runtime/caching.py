@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rillflow.cache")
 KEY_VERSION = 1
 CHECKPOINT_TTL = 7 * 86400.0  # how long `rill run --resume` can pick up a run
+CHECKPOINTS = "(checkpoints)"  # the node name resume entries are listed under in `rill cache stats`
 _REPLAY_YIELD_EVERY = 8  # chunks replayed between loop turns, so consumers interleave as with a live node
 
 
@@ -150,7 +151,7 @@ def _store(run: Run, pn: PlanNode, key: str, payload: dict[str, Any], vector: An
         if _put(cache.store, CacheEntry(key, run.plan.name, pn.id, pn.type, run.tenant, now, expires, payload), vector, scope):
             _count(cache.store, run, pn, "write")
     if cache.checkpoint:
-        _put(cache.store, CacheEntry(f"resume:{run.run_id}:{key}", run.plan.name, pn.id, pn.type, run.tenant, now,
+        _put(cache.store, CacheEntry(f"resume:{run.run_id}:{key}", run.plan.name, CHECKPOINTS, pn.type, run.tenant, now,
                                      now + CHECKPOINT_TTL, payload))
 
 
@@ -270,7 +271,7 @@ def checkpoint_start(run: Run) -> None:
         return
     now = time.time()
     payload = {"inputs": run.resolver.inputs, "flow_path": run.plan.path}
-    _put(cache.store, CacheEntry(f"run:{run.run_id}", run.plan.name, "", "run", run.tenant, now, now + CHECKPOINT_TTL, payload))
+    _put(cache.store, CacheEntry(f"run:{run.run_id}", run.plan.name, CHECKPOINTS, "run", run.tenant, now, now + CHECKPOINT_TTL, payload))
 
 
 async def load_checkpoint(store: CacheStore, run_id: str) -> dict[str, Any] | None:

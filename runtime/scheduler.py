@@ -62,7 +62,7 @@ class Run:
         self.resolver = Resolver(self, inputs)
         self.cancelled = False
         self.terminal_sent = False
-        self._t0 = perf_counter()
+        self.started = perf_counter()  # event timestamps count from here
         self._seq = 0
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -86,7 +86,7 @@ class Run:
     def emit(self, type_: Any, node: str | None, data: dict[str, Any]) -> None:
         if self.terminal_sent:
             return
-        event = Event(type_, self.run_id, self._seq, perf_counter() - self._t0, node, data)
+        event = Event(type_, self.run_id, self._seq, perf_counter() - self.started, node, data)
         self._seq += 1
         if type_ in TERMINAL:
             self.terminal_sent = True

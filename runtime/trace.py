@@ -135,8 +135,9 @@ class SpanRecorder:
             self._cache(self._open[node], self._run.cache_hits.get(node, {}))
         span = self._close(event, "ok")
         self._usage(span, data.get("usage"))
-        if "ttft_ms" in data:
-            span.attributes["rill.ttft_ms"] = data["ttft_ms"]
+        first = self._run.first_chunk.get(node)
+        if first is not None:  # from this attempt's start (node_finished's ttft_ms counts from the node's first attempt)
+            span.attributes["rill.ttft_ms"] = round(max(0.0, first - self._run.started - span.start) * 1000, 3)
 
     def _node_failed(self, event: Event) -> None:
         span = self._close(event, "error")

@@ -76,6 +76,14 @@ def test_an_edited_flow_resumes_reusing_the_unchanged_nodes(project: Path) -> No
     assert calls(project) == ["first", "second", "second_v2"]
 
 
+def test_checkpoints_are_listed_apart_from_node_entries_in_cache_stats(project: Path) -> None:
+    assert rill(project, "run", "flow.yaml", "-i", "q=s").returncode == 0
+    rows = json.loads(rill(project, "cache", "stats", "--json").stdout)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["node"] for r in rows} == {"(checkpoints)"}  # the flow declares no cache: only resume checkpoints
+    assert sum(r["entries"] for r in rows) == 3  # the run's inputs and both nodes' results
+
+
 def test_resume_of_an_unknown_run_is_a_clear_error(project: Path) -> None:
     result = rill(project, "run", "flow.yaml", "--resume", "0" * 32)
     assert result.returncode == 2 and "no checkpoint for run" in result.stderr and "Traceback" not in result.stderr
