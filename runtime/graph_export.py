@@ -6,7 +6,7 @@ from rillflow.runtime.plan import Plan
 from rillflow.runtime.refs import iter_refs
 
 
-def _edges(plan: Plan) -> list[tuple[str, str, str]]:
+def edges(plan: Plan) -> list[tuple[str, str, str]]:
     """(source, target, kind) with kind 'data', 'stream' or 'fallback'."""
     streams = {(e.source, e.target) for e in plan.stream_edges}
     edges: list[tuple[str, str, str]] = []
@@ -35,7 +35,7 @@ def to_mermaid(plan: Plan) -> str:
     lines.append("    inputs([inputs])")
     lines.append("    outputs([outputs])")
     arrows = {"data": "-->", "stream": "==>|stream|", "fallback": "-.->|fallback|"}
-    lines.extend(f"    {src} {arrows[kind]} {dst}" for src, dst, kind in _edges(plan))
+    lines.extend(f"    {src} {arrows[kind]} {dst}" for src, dst, kind in edges(plan))
     return "\n".join(lines) + "\n"
 
 
@@ -45,6 +45,6 @@ def to_dot(plan: Plan) -> str:
     for node in plan.nodes.values():
         lines.append(f'    {node.id} [label="{node.id}\\n({node.type})"];')
     style = {"data": "", "stream": ' [penwidth=3, label="stream"]', "fallback": ' [style=dashed, label="fallback"]'}
-    lines.extend(f"    {src} -> {dst}{style[kind]};" for src, dst, kind in _edges(plan))
+    lines.extend(f"    {src} -> {dst}{style[kind]};" for src, dst, kind in edges(plan))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -49,7 +49,7 @@ def ingest(
     store: Any = None
     try:
         spec, label, base = _collection_spec(collection, flow, path, url, embedder)
-        summary, store = _run(paths, spec, label, base, tenant, chunk_size, overlap)
+        summary, store = ingest_paths(paths, spec, label, base, tenant, chunk_size, overlap)
     except _Usage as exc:
         typer.echo(str(exc) if exc.diagnostics else f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -101,7 +101,10 @@ def _collection_spec(collection: str, flow: Path | None, path: str | None, url: 
     return spec.model_copy(update=overrides), collection, Path(plan.env.flow_dir)
 
 
-def _run(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | None, chunk_size: int, overlap: int) -> tuple[Any, Any]:
+def ingest_paths(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | None, chunk_size: int = 800, overlap: int = 120) -> tuple[Any, Any]:
+    """Ingest ``paths`` into the collection ``spec`` describes: (the IngestSummary, the open store: close it).
+
+    Raises _Usage for bad arguments (one line for the user), NodeError when Qdrant or the model fails."""
     from rillflow.nodes.chunking import check_sizes
     from rillflow.nodes.ingest import RichProgress, check_tenant, ingest, walk
     from rillflow.nodes.vectorstore import connect

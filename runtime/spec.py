@@ -98,6 +98,9 @@ class CollectionResource(Strict):
     embedder: str = Field("all-MiniLM-L6-v2", description="A sentence-transformers model name or path.")
     qdrant: QdrantLocal | QdrantServer = Field(default_factory=QdrantLocal)
     name: str | None = Field(None, description="Qdrant collection name; defaults to the key.")
+    sources: list[str] = Field(default_factory=list, description=(
+        "Files or folders (relative to the flow) that `rill serve` ingests, incrementally, before it serves: "
+        "unchanged files are skipped, so a restart costs seconds."))
 
 
 class FlowSpec(Strict):

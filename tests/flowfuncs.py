@@ -39,3 +39,21 @@ def logged(name: str, value: str = "") -> str:
     if name in os.environ.get("RILL_TEST_FAIL", "").split(","):
         raise RuntimeError(f"{name} was told to fail")
     return f"{name}:{value}"
+
+
+TICKER = {"produced": 0, "running": 0}
+
+
+async def ticker(question: str, count: int = 50, delay: float = 0.01) -> AsyncIterator[str]:
+    """A model stand-in that counts what it produces and whether it is still running, so serving tests
+    can assert that a client's disconnect really stopped generation (not just the HTTP response)."""
+    import asyncio
+
+    TICKER["running"] += 1
+    try:
+        for i in range(count):
+            await asyncio.sleep(delay)
+            TICKER["produced"] += 1
+            yield f"t{i} "
+    finally:
+        TICKER["running"] -= 1

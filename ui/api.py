@@ -1,0 +1,139 @@
+"""rillflow's own API: flows, runs (SSE or JSON), traces and feedback, health and metrics.
+
+``POST /api/flows/{name}/runs`` streams the runtime's events unchanged (``event: <type>``,
+``id: <seq>``, ``data: <event JSON>``) when the client accepts ``text/event-stream`` or sends
+``"stream": true``; otherwise it answers once with the outputs. Every stream ends with exactly one
+``run_finished`` or ``run_failed``. docs/serving.md describes every route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rillflow.runtime.events import Event
+from rillflow.ui.admission import Pass
+from rillflow.ui.errors import RUN_ERROR_STATUS, ApiError
+from rillflow.ui.server import Server, new_run_id, read_json
+from rillflow.ui.streaming import Guarded, collect_until_disconnect, until_shutdown, usage_of
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.rill  # type: ignore[no-any-return]
+
+
+async def list_flows(request: Request) -> Response:
+    server = server_of(request)
+    server.gate.identify(request)
+    return JSONResponse({"flows": [flow.describe() for flow in server.flows.values()]})
+
+
+async def start_run(request: Request) -> Response:
+    server = server_of(request)
+    flow = server.flow(request.path_params["name"])
+    key = server.gate.identify(request)
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"inputs", "stream"})
+    if unknown:
+        raise ApiError(422, "input", f"unknown field(s) {', '.join(unknown)}: a run takes 'inputs' and 'stream'")
+    inputs = server.check_inputs(flow, body.get("inputs", {}))
+    stream = body.get("stream")
+    if stream is None:
+        stream = "text/event-stream" in request.headers.get("accept", "")
+    admitted = await server.gate.admit(key)
+    run_id = new_run_id()
+    try:
+        events = server.start(flow, inputs, admitted, run_id)
+    except BaseException:
+        await server.gate.settle(admitted)
+        raise
+    if stream:
+        return _stream(server, events, admitted, run_id)
+    try:
+        return _json_answer(await collect_until_disconnect(request, events, _never()), run_id)
+    finally:
+        await server.gate.settle(admitted)
+
+
+def _stream(server: Server, events: Any, admitted: Pass, run_id: str) -> Response:
+    import anyio
+
+    shutdown = anyio.Event()
+
+    async def messages() -> Any:
+        server.metrics.stream_opened("runs")
+        try:
+            async for event in until_shutdown(events, shutdown):
+                yield ServerSentEvent(data=event.to_json(), event=event.type, id=str(event.seq))
+        finally:
+            server.metrics.stream_closed("runs")
+
+    settings = server.settings
+    response = EventSourceResponse(messages(), ping=settings.ping, send_timeout=settings.send_timeout, shutdown_event=shutdown,
+                                   shutdown_grace_period=settings.shutdown_grace, headers={"X-Rill-Run-Id": run_id, "Cache-Control": "no-store"})
+    return Guarded(response, lambda: server.gate.settle(admitted))  # type: ignore[return-value]
+
+
+def _json_answer(events: list[Event], run_id: str) -> Response:
+    if not events or not events[-1].terminal:
+        raise ApiError(499, "cancelled", "the run was cancelled")
+    last = events[-1]
+    usage = usage_of(events)
+    if last.type == "run_finished":
+        body = {"run_id": run_id, "status": last.data["status"], "outputs": last.data["outputs"], "usage": usage}
+        if "cached_answer" in last.data:
+            body["cached_answer"] = last.data["cached_answer"]
+        return JSONResponse(body, headers={"X-Rill-Run-Id": run_id})
+    error = last.data["error"]
+    status = RUN_ERROR_STATUS.get(error["kind"], 502)
+    return JSONResponse({"run_id": run_id, "status": "failed", "error": error, "usage": usage}, status_code=status,
+                        headers={"X-Rill-Run-Id": run_id})
+
+
+def _never() -> Any:
+    import anyio
+
+    return anyio.Event()
+
+
+async def get_run(request: Request) -> Response:
+    server = server_of(request)
+    key = server.gate.identify(request)
+    return JSONResponse(await server.trace_of(request.path_params["run_id"], key.tenant))
+
+
+async def post_feedback(request: Request) -> Response:
+    server = server_of(request)
+    key = server.gate.identify(request)
+    body = await read_json(request)
+    score, comment = body.get("score"), body.get("comment")
+    if isinstance(score, bool) or score not in (1, -1):
+        raise ApiError(422, "input", "'score' must be 1 (thumbs up) or -1 (thumbs down)")
+    if comment is not None and not isinstance(comment, str):
+        raise ApiError(422, "input", "'comment' must be text")
+    if comment is not None and len(comment) > 4000:
+        raise ApiError(422, "input", "'comment' is over 4000 characters")
+    await server.feedback(request.path_params["run_id"], key.tenant, score, comment)
+    return JSONResponse({"ok": True})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    server = server_of(request)
+    if not server.ready:
+        return JSONResponse({"status": "starting or stopping"}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready", "flows": sorted(server.flows)})
+
+
+async def metrics(request: Request) -> Response:
+    server = server_of(request)
+    if server.gate.keys is not None:
+        server.gate.identify(request)
+    body, content_type = server.metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,201 @@
+"""One serving process's state: flows, admission, cache, traces, metrics; opened and closed in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+
+from rillflow.runtime.events import Event
+from rillflow.ui.admission import Gate, Pass
+from rillflow.ui.errors import ApiError
+from rillflow.ui.flows import ServedFlow, close_flows, open_flows
+from rillflow.ui.limits import LoadShedder, open_rate_limits
+from rillflow.ui.metrics import Metrics
+from rillflow.ui.settings import ServeSettings
+
+log = logging.getLogger("rillflow.serve")
+
+
+class Server:
+    """What every request handler reaches through ``request.app.state.rill``."""
+
+    def __init__(self, flows: Mapping[str, ServedFlow], settings: ServeSettings, *, say: Callable[[str], None] | None = None) -> None:
+        from rillflow.ui.auth import KeyStore
+
+        self.flows = dict(flows)
+        self.settings = settings
+        self.say = say or log.info
+        self.metrics = Metrics()
+        keys = KeyStore.load(settings.api_keys, settings.limits) if settings.api_keys is not None else None
+        shedder = LoadShedder(settings.max_active, settings.max_queued, settings.queue_timeout)
+        self.gate = Gate(keys, open_rate_limits(settings.limits_url), shedder, settings.limits, self.metrics)
+        self.cache: Any = None
+        self.trace: Any = None
+        self.ready = False
+        self.active_runs = 0
+
+    # -- lifespan --------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Ingest, load models and collections, open the cache and trace store; raises FlowsError. Idempotent:
+        `rill serve` opens before it listens, and the lifespan then finds the server open."""
+        if self.ready:
+            return
+        try:
+            await open_flows(self.flows, self.say)
+        except BaseException:
+            await close_flows()
+            raise
+        self.cache = self._open_cache() if self.settings.cache else None
+        self.trace = self._open_traces() if self.settings.trace else None
+        self._watch()
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                await self.cache.flush()
+            await _close(self.cache)
+        if self.trace is not None:
+            await asyncio.to_thread(self.trace.close)
+        await self.gate.limits.aclose()
+        await close_flows()
+
+    def _open_cache(self) -> Any:
+        from rillflow.runtime.cache_open import open_cache
+
+        try:
+            return open_cache()
+        except (ValueError, OSError) as exc:  # a cache only saves time: serve without one, say why
+            self.say(f"warning: serving without a cache: {exc} (check RILL_CACHE_URL and RILL_STATE_DIR)")
+            return None
+
+    def _open_traces(self) -> Any:
+        from rillflow.runtime.trace_store import TraceStore
+
+        try:
+            return TraceStore.from_env()
+        except (ValueError, OSError) as exc:
+            self.say(f"warning: serving without traces: {exc}")
+            return None
+
+    def _watch(self) -> None:
+        from rillflow.runtime.trace import RecorderStats
+
+        self.metrics.watch("trace_recorder", lambda: {"errors": RecorderStats.errors, "sampled_out": RecorderStats.sampled_out})
+        trace = self.trace
+        if trace is not None:
+            self.metrics.watch("trace_store", lambda: {"dropped": trace.dropped, "errors": trace.errors, "written": trace.written})
+        self.metrics.watch("admission", lambda: {"active": self.gate.shedder.active, "queued": self.gate.shedder.queued})
+
+    # -- requests ----------------------------------------------------------------------------
+    def flow(self, name: str) -> ServedFlow:
+        flow = self.flows.get(name)
+        if flow is None:
+            known = ", ".join(sorted(self.flows)) or "none"
+            raise ApiError(404, "not_found", f"no flow named '{name}' (served: {known})")
+        return flow
+
+    def check_inputs(self, flow: ServedFlow, inputs: Any) -> dict[str, Any]:
+        """The flow's inputs with defaults, or ApiError 422 naming every problem (before any model call)."""
+        from rillflow.runtime.inputs import InputError, check_inputs
+
+        if not isinstance(inputs, dict):
+            raise ApiError(422, "input", "'inputs' must be an object of the flow's input names to values")
+        chars, depth = _measure(inputs)
+        if depth > self.settings.max_input_depth:
+            raise ApiError(422, "input", f"inputs are nested {depth} levels deep; the limit is {self.settings.max_input_depth}")
+        if chars > self.settings.max_input_chars:
+            raise ApiError(422, "input", f"inputs hold {chars} characters; the limit is {self.settings.max_input_chars}: send less text")
+        try:
+            return check_inputs(flow.plan, inputs)
+        except InputError as exc:
+            raise ApiError(422, "input", "; ".join(exc.problems), detail=exc.problems) from None
+
+    def start(self, flow: ServedFlow, inputs: dict[str, Any], admitted: Pass, run_id: str) -> AsyncIterator[Event]:
+        """The run's events; every model call it makes is charged to the admitted key."""
+        from rillflow.runtime.scheduler import run
+
+        def charge(event: Event) -> None:
+            if event.type in ("node_finished", "node_retry"):
+                admitted.add_usage(event.data.get("usage"))
+
+        return run(flow.plan, inputs, run_id=run_id, tenant=admitted.key.tenant, cache=self.cache, trace=self.trace,
+                   listeners=(self.metrics.listener(flow.name), charge))
+
+    async def trace_of(self, run_id: str, tenant: str | None) -> dict[str, Any]:
+        """A run's trace; 404 for unknown ids and for another tenant's runs alike (no existence oracle)."""
+        record = await asyncio.to_thread(self._read_trace, run_id, tenant)
+        if record is None:
+            raise ApiError(404, "not_found", f"no run '{run_id}' (runs are kept while traces are retained; is it your run?)")
+        return record
+
+    def _read_trace(self, run_id: str, tenant: str | None) -> dict[str, Any] | None:
+        from rillflow.runtime.trace_store import AmbiguousRunId, TraceStoreError
+
+        if self.trace is None:
+            raise ApiError(404, "not_found", "this server keeps no traces (started with traces off)")
+        if len(run_id) < 32:  # only full ids: a prefix would let a caller enumerate runs
+            return None
+        self.trace.flush(timeout=2.0)  # the run may have ended a moment ago: its trace is still on the writer's queue
+        try:
+            return self.trace.get_run(run_id, tenant=tenant)  # type: ignore[no-any-return]
+        except (AmbiguousRunId, TraceStoreError):
+            return None
+
+    async def feedback(self, run_id: str, tenant: str | None, score: int, comment: str | None) -> None:
+        def write() -> bool:
+            if self.trace is None or len(run_id) < 32:
+                return False
+            self.trace.flush(timeout=2.0)
+            return bool(self.trace.add_feedback(run_id, score, comment, tenant=tenant))
+
+        if not await asyncio.to_thread(write):
+            raise ApiError(404, "not_found", f"no run '{run_id}' to give feedback on")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; 400 when it is not JSON, 422 when it is not an object."""
+    body = await request.body()
+    try:
+        data = json.loads(body) if body else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "input", "the body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "input", "the body must be a JSON object")
+    return data
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _measure(value: Any, depth: int = 1) -> tuple[int, int]:
+    """(characters of text, nesting depth) of a JSON value; stops descending past 64 levels."""
+    if isinstance(value, str):
+        return len(value), depth
+    if depth > 64:
+        return 0, depth
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    chars, deepest = sum(len(k) for k in value if isinstance(k, str)) if isinstance(value, dict) else 0, depth
+    for item in items:
+        c, d = _measure(item, depth + 1)
+        chars, deepest = chars + c, max(deepest, d)
+    return chars, deepest
+
+
+async def _close(store: Any) -> None:
+    closer = getattr(store, "aclose", None)
+    if closer is not None:
+        await closer()
+    else:
+        await asyncio.to_thread(store.close)
