@@ -101,8 +101,12 @@ def _collection_spec(collection: str, flow: Path | None, path: str | None, url: 
     return spec.model_copy(update=overrides), collection, Path(plan.env.flow_dir)
 
 
-def ingest_paths(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | None, chunk_size: int = 800, overlap: int = 120) -> tuple[Any, Any]:
+def ingest_paths(paths: list[Path], spec: Any, label: str, base: Path, tenant: str | None, chunk_size: int = 800, overlap: int = 120,
+                 *, names_from: Path | None = None) -> tuple[Any, Any]:
     """Ingest ``paths`` into the collection ``spec`` describes: (the IngestSummary, the open store: close it).
+
+    ``base`` is the folder the collection's local path is relative to (the flow's); sources are named
+    relative to ``names_from`` (default ``base``).
 
     Raises _Usage for bad arguments (one line for the user), NodeError when Qdrant or the model fails."""
     from rillflow.nodes.chunking import check_sizes
@@ -121,7 +125,7 @@ def ingest_paths(paths: list[Path], spec: Any, label: str, base: Path, tenant: s
         model = _LazyEmbedder(spec.embedder, str(base), store)
         if not store.exists():
             model.load()  # creating the collection needs the vector size
-        return ingest(paths, store, model, base=base, tenant=tenant, chunk_size=chunk_size, overlap=overlap, progress=RichProgress()), store
+        return ingest(paths, store, model, base=names_from or base, tenant=tenant, chunk_size=chunk_size, overlap=overlap, progress=RichProgress()), store
     except BaseException:
         store.close()
         raise
