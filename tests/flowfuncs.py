@@ -44,7 +44,7 @@ def logged(name: str, value: str = "") -> str:
 TICKER = {"produced": 0, "running": 0}
 
 
-async def ticker(question: str, count: int = 50, delay: float = 0.01) -> AsyncIterator[str]:
+async def ticker(question: str, count: int = 50, delay: float = 0.01, pad: int = 0) -> AsyncIterator[str]:
     """A model stand-in that counts what it produces and whether it is still running, so serving tests
     can assert that a client's disconnect really stopped generation (not just the HTTP response)."""
     import asyncio
@@ -54,6 +54,6 @@ async def ticker(question: str, count: int = 50, delay: float = 0.01) -> AsyncIt
         for i in range(count):
             await asyncio.sleep(delay)
             TICKER["produced"] += 1
-            yield f"t{i} "
+            yield f"t{i} " + "x" * pad
     finally:
         TICKER["running"] -= 1

@@ -47,6 +47,11 @@ class LiveServer:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
+        # sse-starlette's shutdown watcher (one per loop) only ends on a signal, which a thread never gets.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
     def start(self) -> None:
@@ -72,6 +77,13 @@ class LiveServer:
 
     def task_count(self) -> int:
         return int(self.call(lambda: len(asyncio.all_tasks())))
+
+    def warm(self, path: str, body: dict[str, Any]) -> None:
+        """One streamed request, so per-loop helpers (sse-starlette's shutdown watcher) exist before a task baseline."""
+        import httpx
+
+        with httpx.stream("POST", self.url + path, json=body, timeout=60) as response:
+            response.read()
 
 
 @contextmanager
