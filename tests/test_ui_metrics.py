@@ -134,6 +134,17 @@ def test_cache_hit_rate_is_hits_over_lookups():
     assert value(m, "rill_cache_lookups_total", flow="qa", node="prompt") is None  # prompts are not cached
 
 
+def test_only_nodes_the_server_looks_up_in_a_cache_count_lookups():
+    m = Metrics(gpu=False)
+    finished = [STARTED, ("node_started", "answer", 0.0, {"node_type": "llm", "attempt": 1, "queue_ms": 0.0}),
+                ("node_finished", "answer", 0.02, {"duration_ms": 20.0, "attempts": 1}), OK]
+    for cached in (frozenset(), frozenset({"answer"})):
+        listener = m.listener("qa", cached)
+        for event in run_events(*finished):
+            listener(event)
+    assert value(m, "rill_cache_lookups_total", flow="qa", node="answer") == 1, "a server without a cache looks nothing up"
+
+
 def test_errors_are_counted_by_kind_and_where():
     m = Metrics(gpu=False)
     feed(m, run_events(

@@ -106,7 +106,7 @@ def test_sigterm_ends_every_open_stream_with_one_final_event(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(30)
-        out, err = proc.communicate(timeout=30)
+        err = proc.communicate(timeout=30)[1]
     finally:
         if proc.poll() is None:
             proc.kill()

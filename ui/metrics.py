@@ -7,8 +7,8 @@ through ``Metrics.listener(flow)``, so the numbers agree with what the CLI, the 
 
 Cache hit rate is ``rate(rill_cache_hits_total) / rate(rill_cache_lookups_total)``: a ``cache_hit``
 event counts a lookup and a hit; a ``node_finished`` of an ``llm``, ``retrieve`` or ``python`` node that
-was not served from the cache counts a lookup (a miss). The events carry no miss of their own, so a
-node of those types counts its misses even when its flow declares no cache.
+was not served from the cache counts a lookup (a miss). The events carry no miss of their own, so the
+server tells each run's listener which nodes it looks up (``cached``): none when it has no cache.
 
 Each Metrics owns its registry: tests and embedders build many apps in one process, and the global
 default registry would refuse the second.
@@ -84,9 +84,12 @@ class Metrics:
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_duration.labels(route, method).observe(seconds)
 
-    def listener(self, flow: str) -> Callable[[Event], None]:
-        """A listener for ONE run of ``flow``: pass it to ``rillflow.runtime.scheduler.run(listeners=(...))``."""
-        return _RunListener(self, flow)
+    def listener(self, flow: str, cached: frozenset[str] | None = None) -> Callable[[Event], None]:
+        """A listener for ONE run of ``flow``: pass it to ``rillflow.runtime.scheduler.run(listeners=(...))``.
+
+        ``cached``: the nodes whose results this run looks up in a cache (a server without a cache: none);
+        None counts every llm, retrieve and python node as a lookup."""
+        return _RunListener(self, flow, cached)
 
     def stream_opened(self, api: str) -> None:
         self.active_streams.labels(api).inc()
@@ -114,11 +117,12 @@ class Metrics:
 class _RunListener:
     """Turns one run's events into observations. Runs on the event loop, inside ``Run.emit``, per event."""
 
-    __slots__ = ("_flow", "_m", "_seen_chunk", "_started", "_types")
+    __slots__ = ("_cached", "_flow", "_m", "_seen_chunk", "_started", "_types")
 
-    def __init__(self, metrics: Metrics, flow: str) -> None:
+    def __init__(self, metrics: Metrics, flow: str, cached: frozenset[str] | None = None) -> None:
         self._m = metrics
         self._flow = flow
+        self._cached = cached
         self._seen_chunk = False
         self._types: dict[str, str] = {}  # node -> node_type, from node_started (later events do not repeat it)
         self._started: dict[str, float] = {}  # node -> ts of its first attempt, for durations events do not carry
@@ -157,7 +161,8 @@ class _RunListener:
         self._node_time(event, node, node_type, status)
         if "ttft_ms" in data:
             self._m.node_ttft.labels(self._flow, node).observe(data["ttft_ms"] / 1000)
-        if not cached and node_type in CACHED_TYPES:  # a hit counted its lookup at its cache_hit event
+        looked_up = node in self._cached if self._cached is not None else node_type in CACHED_TYPES
+        if not cached and looked_up:  # a hit counted its lookup at its cache_hit event
             self._m.cache_lookups.labels(self._flow, node).inc()
         self._usage(data.get("usage"))
 

@@ -127,8 +127,9 @@ class Server:
             if event.type in ("node_finished", "node_retry"):
                 admitted.add_usage(event.data.get("usage"))
 
+        cached = frozenset(pn.id for pn in flow.plan.nodes.values() if pn.cache is not None) if self.cache is not None else frozenset()
         return run(flow.plan, inputs, run_id=run_id, tenant=admitted.key.tenant, cache=self.cache, trace=self.trace,
-                   listeners=(self.metrics.listener(flow.name), charge))
+                   listeners=(self.metrics.listener(flow.name, cached), charge))
 
     async def trace_of(self, run_id: str, tenant: str | None) -> dict[str, Any]:
         """A run's trace; 404 for unknown ids and for another tenant's runs alike (no existence oracle)."""
