@@ -208,3 +208,23 @@ def test_disconnecting_mid_stream_stops_the_model_and_leaks_no_task(live: LiveSe
 def test_static_files_do_not_escape_their_folder(live: LiveServer, tmp_path: Path) -> None:
     assert httpx.get(f"{live.url}/static/../server.py").status_code == 404
     assert httpx.get(f"{live.url}/static/%2e%2e/server.py").status_code == 404
+
+
+def test_a_run_stopped_by_its_client_is_still_traced_as_cancelled(live: LiveServer) -> None:
+    """Regression: sse-starlette cancels inside an anyio scope, which cut the run's shutdown short before
+    its terminal event, so stopped runs had no trace and no metrics."""
+    with httpx.stream("POST", f"{live.url}/api/flows/tick/runs", json={"inputs": {"question": "stop me", "count": 400}, "stream": True}) as response:
+        run_id = response.headers["x-rill-run-id"]
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("event: chunk")
+            if seen == 3:
+                break
+    deadline = time.monotonic() + 5
+    trace = httpx.get(f"{live.url}/api/runs/{run_id}")
+    while trace.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        trace = httpx.get(f"{live.url}/api/runs/{run_id}")
+    assert trace.status_code == 200, "a stopped run must leave its trace"
+    assert trace.json()["status"] == "cancelled"
+    assert 'error_kind="cancelled",flow="tick",status="failed"' in httpx.get(f"{live.url}/metrics").text

@@ -132,6 +132,10 @@ def test_a_stalled_reader_is_dropped_after_the_send_timeout_and_its_run_cancelle
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(request)
         assert sock.recv(64).startswith(b"HTTP/1.1 200")  # then never read again: the server's sends back up
+        deadline = time.monotonic() + 10
+        while not flowfuncs.TICKER["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert flowfuncs.TICKER["running"] == 1, "the run started"
         deadline = time.monotonic() + 60
         while flowfuncs.TICKER["running"] and time.monotonic() < deadline:
             time.sleep(0.1)

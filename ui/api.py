@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -66,8 +67,9 @@ def _stream(server: Server, events: Any, admitted: Pass, run_id: str) -> Respons
     async def messages() -> Any:
         server.metrics.stream_opened("runs")
         try:
-            async for event in until_shutdown(events, shutdown):
-                yield ServerSentEvent(data=event.to_json(), event=event.type, id=str(event.seq))
+            async with contextlib.aclosing(until_shutdown(events, shutdown)) as stream:  # closed with us, not by the GC
+                async for event in stream:
+                    yield ServerSentEvent(data=event.to_json(), event=event.type, id=str(event.seq))
         finally:
             server.metrics.stream_closed("runs")
 

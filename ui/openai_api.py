@@ -11,6 +11,7 @@ mid-stream sends one ``{"error": ...}`` message, which OpenAI clients raise as a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -136,9 +137,10 @@ def _stream(server: Server, flow: ServedFlow, events: Any, admitted: Pass, run_i
         server.metrics.stream_opened("openai")
         try:
             yield {"data": translate.chunk({"role": "assistant", "content": ""})}
-            async for event in until_shutdown(events, shutdown):
-                for data in translate(event):
-                    yield {"data": data}
+            async with contextlib.aclosing(until_shutdown(events, shutdown)) as stream:  # closed with us, not by the GC
+                async for event in stream:
+                    for data in translate(event):
+                        yield {"data": data}
         finally:
             server.metrics.stream_closed("openai")
 

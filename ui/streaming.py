@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rillflow.runtime.events import Event
 
+#: Longest a cancelled run may take to stop its nodes (a local model stops within a token).
+CLEANUP_SECONDS = 10.0
+log = logging.getLogger("rillflow.serve")
 SHUTDOWN_ERROR = {"kind": "shutdown", "message": "the server is restarting; please retry in a few seconds", "node": None}
 
 
@@ -56,15 +61,25 @@ async def until_shutdown(events: AsyncIterator[Event], shutdown: anyio.Event) ->
             if last.terminal:
                 return
     finally:
-        await _cancel(stop)
-        await events.aclose()  # type: ignore[attr-defined]
+        with _shielded():
+            await _cancel(stop)
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    """Cancel ``task`` and wait for it to end, shielded: sse-starlette cancels inside an anyio cancel scope,
+    which would cancel this wait too and cut the run's own shutdown short, before its terminal event
+    (a run stopped by its client would then have no trace and no metrics)."""
+    with _shielded():
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+def _shielded() -> anyio.CancelScope:
+    """A scope outer cancellations cannot reach, bounded so a stuck node cannot hold a response forever."""
+    return anyio.CancelScope(shield=True, deadline=anyio.current_time() + CLEANUP_SECONDS)
 
 
 async def collect_until_disconnect(request: Request, events: AsyncIterator[Event], shutdown: anyio.Event) -> list[Event]:
@@ -72,8 +87,9 @@ async def collect_until_disconnect(request: Request, events: AsyncIterator[Event
     collected: list[Event] = []
 
     async def consume() -> None:
-        async for event in until_shutdown(events, shutdown):
-            collected.append(event)
+        async with contextlib.aclosing(until_shutdown(events, shutdown)) as stream:
+            async for event in stream:
+                collected.append(event)
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -103,6 +119,8 @@ class Guarded:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await self.response(scope, receive, send)
+        except SendTimeoutError:  # a reader that stopped reading: expected at the edge, not a server error
+            log.info("dropped a stream whose client stopped reading (send timeout)")
         finally:
             with anyio.CancelScope(shield=True):
                 await self.on_close()
