@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+import anyio
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rillflow.runtime.events import Event
 from rillflow.ui.admission import Pass
 from rillflow.ui.errors import RUN_ERROR_STATUS, ApiError
-from rillflow.ui.server import Server, new_run_id, read_json
-from rillflow.ui.streaming import Guarded, collect_until_disconnect, until_shutdown, usage_of
+from rillflow.ui.server import Server, read_json
+from rillflow.ui.streaming import collect_until_disconnect, until_shutdown, usage_of
 
 
 def server_of(request: Request) -> Server:
@@ -44,27 +45,17 @@ async def start_run(request: Request) -> Response:
     stream = body.get("stream")
     if stream is None:
         stream = "text/event-stream" in request.headers.get("accept", "")
-    admitted = await server.gate.admit(key)
-    run_id = new_run_id()
-    try:
-        events = server.start(flow, inputs, admitted, run_id)
-    except BaseException:
-        await server.gate.settle(admitted)
-        raise
+    admitted, run_id, events = await server.begin(flow, inputs, key)
     if stream:
         return _stream(server, events, admitted, run_id)
     try:
-        return _json_answer(await collect_until_disconnect(request, events, _never()), run_id)
+        return _json_answer(await collect_until_disconnect(request, events, anyio.Event()), run_id)
     finally:
         await server.gate.settle(admitted)
 
 
 def _stream(server: Server, events: Any, admitted: Pass, run_id: str) -> Response:
-    import anyio
-
-    shutdown = anyio.Event()
-
-    async def messages() -> Any:
+    async def messages(shutdown: anyio.Event) -> Any:
         server.metrics.stream_opened("runs")
         try:
             async with contextlib.aclosing(until_shutdown(events, shutdown)) as stream:  # closed with us, not by the GC
@@ -73,10 +64,7 @@ def _stream(server: Server, events: Any, admitted: Pass, run_id: str) -> Respons
         finally:
             server.metrics.stream_closed("runs")
 
-    settings = server.settings
-    response = EventSourceResponse(messages(), ping=settings.ping, send_timeout=settings.send_timeout, shutdown_event=shutdown,
-                                   shutdown_grace_period=settings.shutdown_grace, headers={"X-Rill-Run-Id": run_id, "Cache-Control": "no-store"})
-    return Guarded(response, lambda: server.gate.settle(admitted))  # type: ignore[return-value]
+    return server.sse(messages, admitted, run_id)  # type: ignore[no-any-return]
 
 
 def _json_answer(events: list[Event], run_id: str) -> Response:
@@ -93,12 +81,6 @@ def _json_answer(events: list[Event], run_id: str) -> Response:
     status = RUN_ERROR_STATUS.get(error["kind"], 502)
     return JSONResponse({"run_id": run_id, "status": "failed", "error": error, "usage": usage}, status_code=status,
                         headers={"X-Rill-Run-Id": run_id})
-
-
-def _never() -> Any:
-    import anyio
-
-    return anyio.Event()
 
 
 async def get_run(request: Request) -> Response:

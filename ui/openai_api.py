@@ -15,8 +15,8 @@ import contextlib
 import json
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -25,8 +25,8 @@ from rillflow.ui.admission import Pass
 from rillflow.ui.api import server_of
 from rillflow.ui.errors import RUN_ERROR_STATUS, ApiError
 from rillflow.ui.flows import ChatMapping, ServedFlow
-from rillflow.ui.server import Server, new_run_id, read_json
-from rillflow.ui.streaming import Guarded, collect_until_disconnect, now, until_shutdown, usage_of
+from rillflow.ui.server import Server, read_json
+from rillflow.ui.streaming import collect_until_disconnect, now, until_shutdown, usage_of
 
 
 class Message(BaseModel):
@@ -64,18 +64,12 @@ async def chat_completions(request: Request) -> Response:
         raise ApiError(400, "invalid_request_error", f"flow '{flow.name}' takes no text input, so it cannot be chatted with; "
                                                      f"use POST /api/flows/{flow.name}/runs")
     inputs = server.check_inputs(flow, _inputs(flow.chat, chat.messages))
-    admitted = await server.gate.admit(key)
-    run_id = new_run_id()
-    try:
-        events = server.start(flow, inputs, admitted, run_id)
-    except BaseException:
-        await server.gate.settle(admitted)
-        raise
+    admitted, run_id, events = await server.begin(flow, inputs, key)
     if chat.stream:
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         return _stream(server, flow, events, admitted, run_id, include_usage)
     try:
-        collected = await collect_until_disconnect(request, events, _unset())
+        collected = await collect_until_disconnect(request, events, anyio.Event())
     finally:
         await server.gate.settle(admitted)
     return _completion(flow, collected, run_id)
@@ -128,12 +122,9 @@ def _usage(usage: dict[str, Any]) -> dict[str, int]:
 
 
 def _stream(server: Server, flow: ServedFlow, events: Any, admitted: Pass, run_id: str, include_usage: bool) -> Response:
-    import anyio
-
-    shutdown = anyio.Event()
     translate = _Translator(flow, run_id, include_usage)
 
-    async def messages() -> Any:
+    async def messages(shutdown: anyio.Event) -> Any:
         server.metrics.stream_opened("openai")
         try:
             yield {"data": translate.chunk({"role": "assistant", "content": ""})}
@@ -144,10 +135,7 @@ def _stream(server: Server, flow: ServedFlow, events: Any, admitted: Pass, run_i
         finally:
             server.metrics.stream_closed("openai")
 
-    settings = server.settings
-    response = EventSourceResponse(messages(), ping=settings.ping, send_timeout=settings.send_timeout, shutdown_event=shutdown,
-                                   shutdown_grace_period=settings.shutdown_grace, headers={"X-Rill-Run-Id": run_id, "Cache-Control": "no-store"})
-    return Guarded(response, lambda: server.gate.settle(admitted))  # type: ignore[return-value]
+    return server.sse(messages, admitted, run_id)  # type: ignore[no-any-return]
 
 
 class _Translator:
@@ -203,9 +191,3 @@ class _Translator:
 def _remainder(final: str, streamed: str) -> str:
     """What the final answer adds to what already streamed (all of it when nothing streamed, e.g. a cached reply)."""
     return final[len(streamed):] if final.startswith(streamed) else ""
-
-
-def _unset() -> Any:
-    import anyio
-
-    return anyio.Event()

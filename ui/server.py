@@ -10,10 +10,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 
 from rillflow.runtime.events import Event
 from rillflow.ui.admission import Gate, Pass
+from rillflow.ui.auth import ApiKey
 from rillflow.ui.errors import ApiError
 from rillflow.ui.flows import ServedFlow, close_flows, open_flows
 from rillflow.ui.limits import LoadShedder, open_rate_limits
@@ -130,6 +132,29 @@ class Server:
         cached = frozenset(pn.id for pn in flow.plan.nodes.values() if pn.cache is not None) if self.cache is not None else frozenset()
         return run(flow.plan, inputs, run_id=run_id, tenant=admitted.key.tenant, cache=self.cache, trace=self.trace,
                    listeners=(self.metrics.listener(flow.name, cached), charge))
+
+    async def begin(self, flow: ServedFlow, inputs: dict[str, Any], key: ApiKey) -> tuple[Pass, str, AsyncIterator[Event]]:
+        """Admit the caller and start the run: (its admission pass, run id, events). Settle the pass when done."""
+        admitted = await self.gate.admit(key)
+        run_id = new_run_id()
+        try:
+            return admitted, run_id, self.start(flow, inputs, admitted, run_id)
+        except BaseException:
+            await self.gate.settle(admitted)
+            raise
+
+    def sse(self, messages: Callable[[anyio.Event], AsyncIterator[Any]], admitted: Pass, run_id: str) -> Any:
+        """An SSE response of ``messages(shutdown)``, released through ``Guarded`` however it ends."""
+        from sse_starlette import EventSourceResponse
+
+        from rillflow.ui.streaming import Guarded
+
+        shutdown = anyio.Event()
+        settings = self.settings
+        response = EventSourceResponse(messages(shutdown), ping=settings.ping, send_timeout=settings.send_timeout, shutdown_event=shutdown,
+                                       shutdown_grace_period=settings.shutdown_grace,
+                                       headers={"X-Rill-Run-Id": run_id, "Cache-Control": "no-store"})
+        return Guarded(response, lambda: self.gate.settle(admitted))
 
     async def trace_of(self, run_id: str, tenant: str | None) -> dict[str, Any]:
         """A run's trace; 404 for unknown ids and for another tenant's runs alike (no existence oracle)."""

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -32,7 +32,7 @@ log = logging.getLogger("rillflow.serve")
 SHUTDOWN_ERROR = {"kind": "shutdown", "message": "the server is restarting; please retry in a few seconds", "node": None}
 
 
-async def until_shutdown(events: AsyncIterator[Event], shutdown: anyio.Event) -> AsyncIterator[Event]:
+async def until_shutdown(events: AsyncIterator[Event], shutdown: anyio.Event) -> AsyncGenerator[Event, None]:
     """The run's events, ended by a final ``run_failed`` (kind shutdown) if ``shutdown`` is set first.
 
     Closing this iterator (the client left) closes the run. Each event is awaited next to the
