@@ -1,6 +1,6 @@
 """Serving under load: concurrent SSE chats against `rill serve` in its own process (reliability LD-01, LD-02).
 
-    python bench/serve.py                    # N = 10, 50, 200 streams, then 200 disconnects; ~1.5 min
+    python bench/serve.py                    # N = 10, 50, 200 streams, then 200 disconnects; ~1 min
     python bench/serve.py --quick            # N = 10, 50, then 50 disconnects; ~25 s
     python bench/serve.py --sizes 10,50,200
 
