@@ -181,6 +181,9 @@ class Node:
     #: Whether a flow-level ``defaults: {cache: ...}`` applies to this type: true where a run costs
     #: far more than a cache lookup (model calls, searches, user code); a node's own ``cache:`` always applies.
     worth_caching: ClassVar[bool] = False
+    #: Whether runs of this type call a model or a store: `rill test --record` records them in a case's
+    #: cassette and later runs replay them offline (docs/testing.md).
+    records: ClassVar[bool] = False
 
     def __init__(self, node_id: str, config: NodeConfig, flow_dir: str = ".", env: FlowEnv | None = None) -> None:
         self.id = node_id

@@ -60,6 +60,7 @@ class LlmNode(Node):
     Config = LlmConfig
     config: LlmConfig
     worth_caching = True
+    records = True
 
     @classmethod
     def outputs(cls, config: Any) -> dict[str, OutputField]:

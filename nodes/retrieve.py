@@ -50,6 +50,7 @@ class RetrieveNode(Node):
     """Search a collection for the passages nearest to `query`: scored documents, a numbered `context` for a prompt, and citations."""
 
     worth_caching = True
+    records = True
 
     class Config(NodeConfig):
         collection: str = Field(description="A collection declared under `collections:`.")

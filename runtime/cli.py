@@ -13,6 +13,7 @@ import typer
 
 from rillflow.runtime.cache_cli import add_cache_commands
 from rillflow.runtime.ingest_cli import add_ingest_command
+from rillflow.runtime.testing_cli import add_test_commands
 from rillflow.runtime.trace_cli import add_trace_commands
 from rillflow.ui.keys_cli import add_keys_commands
 from rillflow.ui.serve_cli import add_serve_command
@@ -31,6 +32,7 @@ add_trace_commands(app)
 add_cache_commands(app)
 add_serve_command(app)
 add_keys_commands(app)
+add_test_commands(app)
 
 
 class Format(str, Enum):

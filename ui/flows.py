@@ -8,7 +8,6 @@ its sources; a flow without a string input can still be run through ``/api/flows
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,31 +127,13 @@ async def open_flows(flows: Mapping[str, ServedFlow], say: Callable[[str], None]
 
 def ingest_sources(plan: Plan, say: Callable[[str], None]) -> None:
     """Bring the flow's collections up to date with their ``sources:`` (incremental: unchanged files are skipped)."""
-    from rillflow.runtime.errors import NodeError
-    from rillflow.runtime.ingest_cli import ingest_paths
+    from rillflow.runtime.sources import SourcesError
+    from rillflow.runtime.sources import ingest_sources as ingest
 
-    flow_dir = Path(plan.env.flow_dir)
-    for label, spec in plan.env.collections.items():
-        if not spec.sources:
-            continue
-        say(f"ingesting {', '.join(spec.sources)} into collection '{label}'…")
-        paths = [(flow_dir / source).resolve() for source in spec.sources]
-        # Citations name sources relative to the folder the sources share (docs/caching.md), not the flow's
-        # folder, which sources often sit beside (../docs): no absolute paths of the server reach users.
-        names_from = Path(os.path.commonpath([p.parent for p in paths]))
-        store = None
-        try:
-            summary, store = ingest_paths(paths, spec, label, flow_dir, None, names_from=names_from)
-        except NodeError as exc:
-            raise FlowsError([f"{plan.path}: collection '{label}': {exc.message}"]) from None
-        except Exception as exc:  # bad usage (a missing source folder) or a library error: one line, no traceback
-            raise FlowsError([f"{plan.path}: collection '{label}': {exc}"]) from None
-        finally:
-            if store is not None:
-                store.close()  # a local folder's lock: retrieval opens it again in prepare
-        say(summary.line())
-        for source, why in summary.failed.items():
-            say(f"warning: {source}: {why}")
+    try:
+        ingest(plan, say)
+    except SourcesError as exc:
+        raise FlowsError(exc.lines) from None
 
 
 async def close_flows() -> None:
