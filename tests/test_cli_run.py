@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELLO = ROOT / "flows" / "hello.yaml"
+HELLO = ROOT / "examples" / "hello.yaml"
 
 
 def rill(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
