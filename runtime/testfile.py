@@ -103,7 +103,7 @@ class Expectation(_Strict):
     tier: Literal["exact", "semantic", "offline", "resume"] | None = Field(None, description="With cache_hit: the cache tier.")
     check: str | None = Field(None, description="With flagged: the guardrail check.")
     status: Literal["ok", "responded"] | None = Field(None, description="With terminal: run_finished: ok, or responded (on_fail).")
-    negate: bool = Field(False, alias="not", description="not: true inverts a behaviour assertion (e.g. did not fall back).")
+    negate: bool = Field(False, alias="not", description="true inverts a behaviour assertion (e.g. the node did not fall back).")
     # budgets
     max_latency: Duration | None = Field(None, description="The run ends within this time.")
     max_ttfc: Duration | None = Field(None, description="The first chunk of any output (or of `output`) arrives within this time.")

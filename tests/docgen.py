@@ -29,6 +29,7 @@ from rillflow.runtime.policies import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "flow-spec.md"
+TESTING_DOC = ROOT / "docs" / "testing.md"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z0-9_-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 CODE = re.compile(r"[\"']([EW]\d{3})[\"']")
 
@@ -221,7 +222,7 @@ def fields_table(model: type[BaseModel], *, exclude: typing.Iterable[str] = ()) 
         if name in skip:
             continue
         typ = render_type(info.annotation, tuple(info.metadata))
-        rows.append(f"| `{name}` | {typ} | {render_default(info)} | {describe(model, name, info)} |")
+        rows.append(f"| `{info.alias or name}` | {typ} | {render_default(info)} | {describe(model, name, info)} |")  # the name YAML uses
     return "\n".join(rows) + "\n"
 
 
@@ -330,6 +331,20 @@ def render_generated_sections() -> dict[str, str]:
     }
 
 
+def render_testing_sections() -> dict[str, str]:
+    """The blocks of docs/testing.md: the test-file models of runtime/testfile.py."""
+    from rillflow.runtime import testfile
+
+    return {
+        "test-file-fields": fields_table(testfile.TestSpec),
+        "case-fields": fields_table(testfile.Case),
+        "override-fields": fields_table(testfile.Override),
+        "fail-fields": fields_table(testfile.Fail),
+        "expectation-fields": fields_table(testfile.Expectation),
+        "judge-fields": fields_table(testfile.JudgeConfig),
+    }
+
+
 def doc_blocks(text: str) -> dict[str, str]:
     """Block name -> its current body in the document."""
     return {m.group("name"): m.group("body") for m in BLOCK.finditer(text)}
@@ -345,8 +360,12 @@ def rewrite(text: str, sections: dict[str, str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    return max(_sync(DOC, render_generated_sections(), argv), _sync(TESTING_DOC, render_testing_sections(), argv))
+
+
+def _sync(doc: Path, sections: dict[str, str], argv: list[str]) -> int:
+    DOC = doc  # noqa: N806 - the messages below name the document being synced
     text = DOC.read_text(encoding="utf-8")
-    sections = render_generated_sections()
     missing = sorted(set(sections) - set(doc_blocks(text)))
     new = rewrite(text, sections)
     if "--check" in argv:

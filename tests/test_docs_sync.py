@@ -54,6 +54,12 @@ def test_generated_block_matches_the_code(name: str) -> None:
     assert body == docgen.render_generated_sections()[name], f"block '{name}' of docs/flow-spec.md is stale: run python3 tests/docgen.py"
 
 
+def test_testing_doc_blocks_match_the_test_file_models() -> None:
+    text = docgen.TESTING_DOC.read_text(encoding="utf-8")
+    rendered = docgen.render_testing_sections()
+    assert docgen.doc_blocks(text) == rendered, "docs/testing.md is stale: run python3 tests/docgen.py"
+
+
 def test_every_diagnostic_code_in_the_source_is_described_and_no_other() -> None:
     in_source = set(docgen.diagnostic_codes())
     described = set(docgen.DIAGNOSTICS)
