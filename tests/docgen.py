@@ -364,20 +364,19 @@ def main(argv: list[str]) -> int:
 
 
 def _sync(doc: Path, sections: dict[str, str], argv: list[str]) -> int:
-    DOC = doc  # noqa: N806 - the messages below name the document being synced
-    text = DOC.read_text(encoding="utf-8")
+    text = doc.read_text(encoding="utf-8")
     missing = sorted(set(sections) - set(doc_blocks(text)))
     new = rewrite(text, sections)
     if "--check" in argv:
         stale = [n for n, body in doc_blocks(text).items() if sections.get(n) != body]
         for name in stale + missing:
-            print(f"{DOC}: block '{name}' is out of date", file=sys.stderr)
+            print(f"{doc}: block '{name}' is out of date", file=sys.stderr)
         return 1 if stale or missing else 0
     if new != text:
-        DOC.write_text(new, encoding="utf-8")
-        print(f"rewrote {DOC}")
+        doc.write_text(new, encoding="utf-8")
+        print(f"rewrote {doc}")
     for name in missing:
-        print(f"{DOC}: no markers for block '{name}': add <!-- generated:{name} --> ... <!-- /generated:{name} -->", file=sys.stderr)
+        print(f"{doc}: no markers for block '{name}': add <!-- generated:{name} --> ... <!-- /generated:{name} -->", file=sys.stderr)
     return 1 if missing else 0
 
 

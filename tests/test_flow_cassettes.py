@@ -186,3 +186,42 @@ def test_a_corrupt_cassette_is_a_clear_error(tmp_path: Path) -> None:
     assert result.status == "error"
     assert result.problems[0].startswith(f"{tmp_path / 'chat.cassettes' / 'c.json'}: cannot read the cassette")
     assert result.problems[0].endswith("re-record it with rill test --record")
+
+
+REMOTE_FLOW = """\
+version: 1
+name: chat
+inputs:
+  question: {type: string}
+outputs:
+  answer: ${answer.text}
+models:
+  remote: {provider: openai, base_url: "BASE", model: gemma, temperature: 0, request_timeout: 10s}
+nodes:
+  answer: {type: llm, model: remote, prompt: "${inputs.question}", max_tokens: 8}
+"""
+
+
+def test_remote_calls_record_against_a_real_server_and_replay_with_it_gone(tmp_path: Path) -> None:
+    from tests.test_llm_remote import start_llama_server
+
+    tests = "cases:\n  - {name: remote, inputs: {question: Say hello.}, expect: [{terminal: run_finished}, {ran: answer}]}\n"
+    proc, base = start_llama_server()
+    try:
+        path = write(tmp_path, flow=REMOTE_FLOW.replace("BASE", base), tests=tests)
+        [recorded] = run(path, record=True)
+        assert recorded.status == "passed", recorded.failures
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    call = cassette_of(tmp_path, "remote")["calls"][0]
+    assert call["request"]["model"] == {"provider": "openai", "model": "gemma", "temperature": 0.0}  # no base_url, no key
+    # the server is gone, and another address would not matter: the cassette answers
+    path.with_name("chat.yaml").write_text(REMOTE_FLOW.replace("BASE", "http://127.0.0.1:9/v1"))
+    [replayed] = run(path)
+    assert replayed.status == "passed", replayed.failures
+    assert replayed.outcome is not None and replayed.outcome["output_tokens"] == recorded.outcome["output_tokens"]  # type: ignore[index]
+
+
+def cassette_of(folder: Path, case: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((folder / "chat.cassettes" / f"{case}.json").read_text())
