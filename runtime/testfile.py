@@ -333,10 +333,11 @@ def _check_syntax(e: Expectation, loc: Loc, out: Any) -> None:
             out.at((*loc, "regex"), "T034", f"not a regular expression: {exc}")
     if e.name == "jsonpath":
         from jsonpath_ng import parse  # type: ignore[import-untyped]
+        from jsonpath_ng.exceptions import JSONPathError  # type: ignore[import-untyped]
 
         try:
             parse(e.jsonpath)
-        except Exception as exc:  # jsonpath-ng raises plain Exception subclasses for syntax errors
+        except JSONPathError as exc:
             out.at((*loc, "jsonpath"), "T035", f"not a JSONPath: {exc}")
     if e.name == "json_schema":
         from jsonschema import Draft202012Validator, SchemaError

@@ -402,3 +402,10 @@ def test_eval_rejects_bad_expectations_at_their_position(tmp_path: Path) -> None
     done = rill("eval", "shop.yaml", "data.jsonl", "--expect", "expect.yaml", cwd=tmp_path)
     assert done.returncode == 2
     assert "expect.yaml:2:3: error: unknown field 'max_latncy'; did you mean 'max_latency'?" in done.stderr
+
+
+def test_a_bad_jsonpath_is_reported_at_its_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "cases:\n  - name: c\n    expect:\n      - {output: data, jsonpath: '$.a[?(@'}\n")
+    with pytest.raises(FlowError) as caught:
+        load_tests(path)
+    assert str(caught.value.diagnostics[0]).startswith(f"{path}:4:34: error: not a JSONPath: ")
