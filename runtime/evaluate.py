@@ -109,7 +109,7 @@ def load_expectations(path: Path) -> list[Expectation]:
 async def _run(tests: TestFile, jobs: int, console: Any) -> list[CaseResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from rillflow.runtime.testing_cli import _close
+    from rillflow.runtime.prepare import close_resources
 
     progress = Progress(TextColumn(f"[bold]rill eval {escape(tests.plan.name)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=True)
@@ -119,7 +119,7 @@ async def _run(tests: TestFile, jobs: int, console: Any) -> list[CaseResult]:
         try:
             return await runner.run([tests])
         finally:
-            await _close()
+            await close_resources()
 
 
 def run_record(tests: TestFile, data: Path, results: list[CaseResult], elapsed: float) -> dict[str, Any]:

@@ -54,5 +54,14 @@ def _prepare_node(pn: PlanNode, flow_dir: str) -> None:
         load_embedder(tier.embedder, flow_dir)
 
 
+async def close_resources() -> None:
+    """Close what prepared plans opened (remote clients, models, Qdrant folders), so the next process can open them."""
+    from rillflow.nodes.llm_remote import close_clients
+    from rillflow.runtime.context import RESOURCES
+
+    await close_clients()
+    await asyncio.to_thread(RESOURCES.close)
+
+
 def prepare_sync(plan: Plan) -> None:
     asyncio.run(prepare(plan))

@@ -77,6 +77,7 @@ def report_console() -> Console:
 async def _run(files: list[TestFile], options: Options, console: Console) -> list[CaseResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from rillflow.runtime.prepare import close_resources
     from rillflow.runtime.testreport import result_line
     from rillflow.runtime.testrun import Runner
 
@@ -94,16 +95,7 @@ async def _run(files: list[TestFile], options: Options, console: Console) -> lis
         try:
             return await runner.run(files)
         finally:
-            await _close()
-
-
-async def _close() -> None:
-    """Release models and Qdrant folders: the next process (a server, another test run) can open them."""
-    from rillflow.nodes.llm_remote import close_clients
-    from rillflow.runtime.context import RESOURCES
-
-    await close_clients()
-    await asyncio.to_thread(RESOURCES.close)
+            await close_resources()  # the next process (a server, another test run) can open the models and Qdrant folders
 
 
 def _reports(results: list[CaseResult], elapsed: float, console: Console, junit_xml: Path | None, json_out: Path | None) -> None:

@@ -205,10 +205,7 @@ class Runner:
             return None
         from rillflow.runtime.judge import Judge
 
-        return Judge(tf.judge_plan, cassette, prepared=self._prepare_judge).score
-
-    async def _prepare_judge(self, plan: Plan) -> None:
-        await _prepare(plan)
+        return Judge(tf.judge_plan, cassette, prepared=_prepare).score
 
 
 class CaseError(Exception):

@@ -138,10 +138,6 @@ def ingest_sources(plan: Plan, say: Callable[[str], None]) -> None:
 
 async def close_flows() -> None:
     """Close what the flows opened: remote model clients, then models and Qdrant clients."""
-    import asyncio
+    from rillflow.runtime.prepare import close_resources
 
-    from rillflow.nodes.llm_remote import close_clients
-    from rillflow.runtime.context import RESOURCES
-
-    await close_clients()
-    await asyncio.to_thread(RESOURCES.close)
+    await close_resources()
