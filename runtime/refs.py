@@ -4,6 +4,7 @@ Grammar, inside any YAML string::
 
     ${ path ( ?? path )* }          first non-skipped of several paths (a merge)
     path := inputs.NAME(.SEG)* | env.NAME | item(.SEG)* | NODE.FIELD(.SEG)*
+    ${env.NAME:-default}             the default when NAME is unset (as in the shell)
     SEG  := identifier | integer    (mapping key or list index)
 
 A string that is exactly one reference takes the referenced value with its type; a reference inside
@@ -55,9 +56,11 @@ class Ref:
 
     alternatives: tuple[RefPath, ...]
     offset: int = 0  # character offset of '${' in the YAML string, for error columns
+    default: str | None = None  # ${env.NAME:-default}: used when NAME is unset
 
     def __str__(self) -> str:
-        return "${" + " ?? ".join(map(str, self.alternatives)) + "}"
+        body = " ?? ".join(map(str, self.alternatives))
+        return "${" + body + ("" if self.default is None else ":-" + self.default) + "}"
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
@@ -115,6 +118,11 @@ def parse_path(text: str, offset: int) -> RefPath:
 
 
 def parse_ref_body(body: str, offset: int) -> Ref:
+    if body.strip().startswith("env.") and ":-" in body:
+        # Shell-style default, so a flow can name an optional endpoint (a remote fallback model)
+        # and still load on a machine where nobody has configured it.
+        name, default = body.split(":-", 1)
+        return Ref((parse_path(name, offset),), offset, default)
     alts = tuple(parse_path(p, offset) for p in body.split("??"))
     if any(a.root == "env" for a in alts) and len(alts) > 1:
         raise RefSyntaxError("${env.NAME} cannot be merged with '??'", offset)

@@ -120,8 +120,10 @@ def parse_refs(value: Any, loc: Loc, out: Collector, env: Mapping[str, str], sec
 def _substitute_env(parsed: Any, loc: Loc, out: Collector, env: Mapping[str, str], secrets: set[str]) -> Any:
     def lookup(ref: Ref) -> str | None:
         name = str(ref.alternatives[0].parts[0])
+        if name not in env and ref.default is not None:
+            return ref.default  # written in the flow file: not a secret
         if name not in env:
-            out.at(loc, "E091", f"environment variable '{name}' is not set: export it before loading this flow", offset=ref.offset)
+            out.at(loc, "E091", f"environment variable '{name}' is not set: export it before loading this flow, or give a default: ${{env.{name}:-VALUE}}", offset=ref.offset)
             return None
         if env[name]:
             secrets.add(env[name])

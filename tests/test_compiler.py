@@ -253,6 +253,34 @@ def test_unset_env_is_an_error_naming_the_variable_only(monkeypatch: pytest.Monk
     assert "environment variable 'RILL_TEST_API_KEY' is not set" in str(info.value)
 
 
+def test_env_default_applies_only_when_the_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = (
+        "version: 1\nname: d\noutputs: {a: '${x.text}'}\nmodels:\n"
+        "  far: {provider: openai, base_url: '${env.RILL_TEST_URL:-http://127.0.0.1:8080/v1}', model: m, api_key: '${env.RILL_TEST_KEY:-}'}\n"
+        "nodes:\n  x: {type: scripted, text: 'at ${env.RILL_TEST_URL:-nowhere}'}\n"
+    )
+    monkeypatch.delenv("RILL_TEST_URL", raising=False)
+    monkeypatch.delenv("RILL_TEST_KEY", raising=False)
+    plan = load_flow_text(flow)
+    assert plan.spec.models["far"].base_url == "http://127.0.0.1:8080/v1"
+    assert plan.spec.models["far"].api_key == ""
+    assert str(plan.nodes["x"].inputs["text"]) == "at nowhere"
+    assert plan.secrets == frozenset()  # a default is written in the file: nothing to redact
+    monkeypatch.setenv("RILL_TEST_URL", "http://10.0.0.5:9000/v1")
+    monkeypatch.setenv("RILL_TEST_KEY", "")  # set but empty: empty, not the default
+    plan = load_flow_text(flow)
+    assert plan.spec.models["far"].base_url == "http://10.0.0.5:9000/v1"
+    assert plan.spec.models["far"].api_key == ""
+    assert plan.secrets == frozenset({"http://10.0.0.5:9000/v1"})
+
+
+def test_unset_env_error_suggests_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RILL_TEST_URL", raising=False)
+    with pytest.raises(FlowError) as info:
+        load_flow_text("version: 1\nname: d\noutputs: {a: '${x.text}'}\nnodes:\n  x: {type: scripted, text: '${env.RILL_TEST_URL}'}\n")
+    assert "${env.RILL_TEST_URL:-VALUE}" in str(info.value)
+
+
 def test_literal_secret_is_refused_without_echoing_it() -> None:
     key = "sk-" + "A1b2C3d4E5f6G7h8J9k0"
     flow = f"version: 1\nname: s\noutputs: {{a: '${{x.text}}'}}\nnodes:\n  x: {{type: scripted, text: '{key}'}}\n"
