@@ -12,12 +12,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from rillflow.runtime.errors import ERROR_KINDS, RETRYABLE_KINDS
 
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> Any:
-    """'500ms', '30s', '10m', '1h' or a number of seconds -> float seconds."""
+    """'500ms', '30s', '10m', '1h', '1d' or a number of seconds -> float seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or text like '500ms', '30s', '10m'")
     if isinstance(value, (int, float)):

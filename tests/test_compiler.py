@@ -494,3 +494,18 @@ def test_loading_a_flow_stays_import_light() -> None:
     done = subprocess.run([sys.executable, "-c", PROBE % (HEAVY,), *files], capture_output=True, text=True, check=False, env=_subprocess_env())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86400.0), ("7", 7.0), (12, 12.0)])
+def test_durations_take_units_up_to_days(text: object, seconds: float) -> None:
+    from rillflow.runtime.policies import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1w", "1fortnight", "-1s", "d", True])
+def test_durations_refuse_other_units(text: object) -> None:
+    from rillflow.runtime.policies import parse_duration
+
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
