@@ -242,7 +242,7 @@ def register(name: str) -> Callable[[type[Node]], type[Node]]:
 def _load_builtins() -> None:
     # Imported for their @register side effect; kept light so `rill validate` stays fast.
     # Each module imports its heavy libraries (llama_cpp, torch, qdrant_client, openai) lazily.
-    from rillflow.nodes import guardrail, llm, prompt, python, retrieve, route, scripted, static  # noqa: F401
+    from rillflow.nodes import guardrail, llm, prompt, python, retrieve, route, scripted, split, static  # noqa: F401
 
 
 def _load_entry_points() -> None:

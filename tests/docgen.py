@@ -3,7 +3,10 @@
 Each generated block of the document sits between ``<!-- generated:NAME -->`` and
 ``<!-- /generated:NAME -->``. ``render_generated_sections()`` renders every block from the pydantic
 models, the node-type registry and the diagnostic codes found in ``runtime/*.py`` and ``nodes/*.py``;
-``tests/test_docs_sync.py`` fails when the document and the code disagree.
+``tests/test_docs_sync.py`` fails when the document and the code disagree. The same goes for
+docs/testing.md (the test-file models), docs/events.md (``render_events_sections``: the event
+vocabulary of ``runtime/events.py`` and where each type is emitted) and docs/cli.md
+(``render_cli_sections``: every command of the live typer app, so new commands appear on the next run).
 
 Run ``python3 tests/docgen.py`` to rewrite the blocks in place (``--check`` only reports drift).
 """
@@ -30,6 +33,8 @@ from rillflow.runtime.policies import parse_duration
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "flow-spec.md"
 TESTING_DOC = ROOT / "docs" / "testing.md"
+EVENTS_DOC = ROOT / "docs" / "events.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z0-9_-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 CODE = re.compile(r"[\"']([EW]\d{3})[\"']")
 
@@ -256,7 +261,9 @@ def outputs_table(type_name: str, node_cls: Any) -> str:
 
 def render_node_types() -> str:
     parts = []
-    for name, node_cls in sorted(node_types().items()):
+    # Built-in types only: a node package installed beside rillflow (examples/02_custom_node) documents itself.
+    builtin = {name: cls for name, cls in node_types().items() if cls.__module__.startswith("rillflow.")}
+    for name, node_cls in sorted(builtin.items()):
         config_cls = node_cls.Config
         parts.append(f"### `{name}`\n\n{_doc(node_cls.__doc__)}\n\n")
         parts.append(fields_table(config_cls, exclude=NodeConfig.model_fields))
@@ -305,6 +312,237 @@ def _prompt_message() -> type[BaseModel]:
     from rillflow.nodes.prompt import Message
 
     return Message
+
+
+# -- events (docs/events.md) -------------------------------------------------------------------
+#: What every event carries, whatever its type. tests/test_docs_sync.py checks the keys are exactly
+#: Event's fields, so a new field cannot ship undocumented.
+EVENT_FIELDS: dict[str, str] = {
+    "type": "The event type: one of the table below.",
+    "run_id": "The run's id: 32 hex digits (a uuid4); `rill trace show` and `GET /api/runs/{run_id}` take it.",
+    "seq": "0, 1, 2, ... within the run, without gaps: the order to apply events in (the SSE `id:` too).",
+    "ts": "Seconds since the run started, from a monotonic clock (rounded to microseconds in JSON).",
+    "node": "The node the event is about; `null` for run-level events (and for the canned answer of `on_fail: {respond: ...}`).",
+    "data": "The type's payload (below): a JSON object.",
+}
+
+#: Where event types are emitted: ``run.emit("x", ...)``, ``Signal("x", ...)`` (a node's own events,
+#: emitted for it by runtime/attempts.py) and ``yield Event("x", ...)`` (the server's closing event).
+EMITS = re.compile(r'(?:\bemit\(|\bSignal\(|yield Event\()\s*"([a-z_]+)"')
+
+
+def event_data_notes() -> dict[str, str]:
+    """Event type -> its ``data``, as the table in runtime/events.py's module docstring gives it."""
+    from rillflow.runtime import events
+
+    lines = (events.__doc__ or "").splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("=")]
+    first = re.match(r"(=+\s+)=+", lines[borders[0]])
+    assert first is not None, "runtime/events.py: the data table lost its ===== borders"
+    column = len(first.group(1))
+    notes: dict[str, str] = {}
+    last = ""
+    for line in lines[borders[0] + 1 : borders[-1]]:
+        name, text = line[:column].strip(), line[column:].strip()
+        if name:
+            last = name
+            notes[name] = text
+        elif last and text:  # a continuation line
+            notes[last] += " " + text
+    return notes
+
+
+def emitted_event_types() -> dict[str, list[str]]:
+    """Event type -> the source files (relative to the repository) that emit it."""
+    found: dict[str, set[str]] = {}
+    for folder in ("runtime", "nodes", "ui"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for kind in EMITS.findall(path.read_text(encoding="utf-8")):
+                found.setdefault(kind, set()).add(f"{folder}/{path.name}")
+    return {kind: sorted(files) for kind, files in sorted(found.items())}
+
+
+def render_event_envelope() -> str:
+    from rillflow.runtime.events import Event
+
+    rows = ["| field | type | meaning |", "|---|---|---|"]
+    for name in Event._fields:
+        annotation = Event.__annotations__[name]
+        annotation = getattr(annotation, "__forward_arg__", annotation)  # a string: events.py has postponed annotations
+        rows.append(f"| `{name}` | `{_cell(str(annotation))}` | {_cell(EVENT_FIELDS.get(name, '(undocumented: describe it in EVENT_FIELDS in tests/docgen.py)'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_event_types() -> str:
+    from rillflow.runtime.events import TERMINAL, EventType
+
+    notes = event_data_notes()
+    emitted = emitted_event_types()
+    rows = ["| event | `data` | emitted in |", "|---|---|---|"]
+    for kind in typing.get_args(EventType):
+        label = f"[`{kind}`](#{kind})" + (" (terminal)" if kind in TERMINAL else "")
+        where = ", ".join(f"`{f}`" for f in emitted.get(kind, [])) or "(nowhere)"
+        rows.append(f"| {label} | {_cell(notes.get(kind, '(undocumented: add it to the table in runtime/events.py)'))} | {where} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_events_sections() -> dict[str, str]:
+    """The blocks of docs/events.md."""
+    return {"event-envelope": render_event_envelope(), "event-types": render_event_types()}
+
+
+# -- the CLI (docs/cli.md) ---------------------------------------------------------------------
+#: Exit codes per command, read from each command's code (a usage error, which typer reports before
+#: the command runs, is 2 for every command). A command missing here (a new one) gets CLI_EXIT_DEFAULT;
+#: tests/test_docs_sync.py checks no entry names a command the app no longer has.
+CLI_EXIT_CODES: dict[str, str] = {
+    "rill": "2 without a command (prints the help)",
+    "rill validate": "0 every file valid (warnings allowed) · 2 a file invalid, a path missing, or no flow file found",
+    "rill schema": "0",
+    "rill graph": "0 · 2 the flow is invalid",
+    "rill run": "0 `run_finished` · 1 `run_failed` · 2 invalid flow or inputs, a model or collection that cannot open, "
+                "an unusable `--resume` · 130 interrupted (Ctrl+C)",
+    "rill ingest": "0 ingested · 1 failed (a locked folder, Qdrant down, an unreadable file) · 2 bad usage "
+                   "(no such path, invalid flow, unknown collection) · 130 interrupted",
+    "rill serve": "0 stopped (SIGTERM, Ctrl+C) · 2 a bad flow or key file, or a model or collection that cannot open",
+    "rill test": "0 every case passed · 1 a case failed or errored · 2 a test or flow file is invalid, or none was found",
+    "rill eval": "0 every row passed · 1 a row failed · 2 the flow, dataset, expectations or baseline cannot be used",
+    "rill trace": "2 without a subcommand (prints the help)",
+    "rill trace list": "0 · 1 an unreadable store · 2 a bad `RILL_TRACE_*` setting",
+    "rill trace show": "0 · 1 no such run (or an unreadable store) · 2 an ambiguous id prefix, a bad setting",
+    "rill trace feedback": "0 · 1 no such run · 2 not exactly one of `--up` / `--down`, an ambiguous prefix",
+    "rill trace prune": "0 · 1 an unreadable store · 2 a bad setting",
+    "rill cache": "2 without a subcommand (prints the help)",
+    "rill cache stats": "0 · 1 the cache is unreachable or unreadable · 2 a URL of no accepted form",
+    "rill cache clear": "0 · 1 the cache failed, or clearing everything was declined · 2 a URL of no accepted form",
+    "rill keys": "2 without a subcommand (prints the help)",
+    "rill keys create": "0 · 2 any problem (one line on stderr: a bad file, limit or date)",
+    "rill keys list": "0 · 2 a missing or broken key file",
+    "rill keys revoke": "0 (also when already revoked) · 2 an unknown id, a missing or broken key file",
+    "rill init": "0 created · 2 bad usage (an invalid NAME, a non-empty folder without `--force`, a folder that cannot be written)",
+    "rill import": "2 without a subcommand (prints the help)",
+    "rill import promptflow": "0 converted (even with notes: read the report) · 1 nothing written (the output exists without "
+                              "`--force`, or cannot be written) · 2 the input is not a readable promptflow flow",
+}
+CLI_EXIT_DEFAULT = "0 on success · 2 on a usage error; see `--help` for others"
+
+
+def cli_command() -> Any:
+    """The click command tree of the live ``rill`` app (whatever commands it has when this runs)."""
+    import typer
+
+    from rillflow.runtime.cli import app
+
+    return typer.main.get_command(app)
+
+
+def cli_commands(command: Any = None, path: str = "rill") -> list[tuple[str, Any]]:
+    """(``rill trace show``, its click command) for the app and every visible subcommand, by name."""
+    command = command if command is not None else cli_command()
+    found = [(path, command)]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        if not getattr(sub, "hidden", False):
+            found += cli_commands(sub, f"{path} {name}")
+    return found
+
+
+def _cli_type(param: Any) -> str:
+    """A parameter's value as the user types it: PATH, INTEGER (≥ 1), `text` or `json`, a flag."""
+    if getattr(param, "is_flag", False):
+        return "flag"
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = descriptor.annotation if descriptor is not None else None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (list, Union, types.UnionType) and args:
+        annotation = args[0]
+    if inspect.isclass(annotation) and issubclass(annotation, enum.Enum):
+        text = " or ".join(f"`{m.value}`" for m in annotation)
+    elif annotation is not None:
+        text = {str: "TEXT", int: "INTEGER", float: "NUMBER", bool: "BOOLEAN"}.get(annotation, getattr(annotation, "__name__", "TEXT").upper())
+    else:  # a plain click parameter
+        text = str(getattr(getattr(param, "type", None), "name", "text")).upper()
+    bounds = [f"{sym} {_number(value)}" for sym, value in (("≥", getattr(param, "min", None)), ("≤", getattr(param, "max", None)))
+              if value is not None]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _number(value: float) -> str:
+    """0.000001, not 1e-06."""
+    return f"{value:.10f}".rstrip("0").rstrip(".")
+
+
+def _cli_default(param: Any) -> str:
+    if param.required:
+        return "**required**"
+    default = param.default
+    if default is None or (getattr(param, "is_flag", False) and default is False) or default == ():
+        return ""
+    if isinstance(default, enum.Enum):
+        default = default.value
+    return f"`{default}`"
+
+
+def _cli_name(param: Any) -> str:
+    if param.param_type_name == "argument":
+        return f"`{param.name.upper()}`" + ("..." if param.nargs == -1 else "")
+    return ", ".join(f"`{opt}`" for opt in (*param.opts, *param.secondary_opts))
+
+
+def _cli_help(param: Any) -> str:
+    text = getattr(param, "help", None) or ""
+    extra = []
+    if getattr(param, "multiple", False) and "repeat" not in text:
+        extra.append("repeatable")
+    if getattr(param, "envvar", None):
+        extra.append(f"env `{param.envvar}`")
+    return _cell(text.replace("``", "`") + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+def _cli_usage(path: str, command: Any) -> str:
+    pieces = [path]
+    if any(p.param_type_name == "option" and not getattr(p, "hidden", False) for p in command.params):
+        pieces.append("[OPTIONS]")
+    for p in command.params:
+        if p.param_type_name == "argument":
+            name = p.name.upper() + ("..." if p.nargs == -1 else "")
+            pieces.append(name if p.required else f"[{name}]")
+    if getattr(command, "commands", None):
+        pieces.append("COMMAND [ARGS]...")
+    return " ".join(pieces)
+
+
+def _cli_paragraphs(text: str | None) -> str:
+    """A command's help as Markdown paragraphs (typer keeps the docstring's line breaks)."""
+    paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(text or "").replace("\b", "").split("\n\n")]
+    return "\n\n".join(p.replace("``", "`") for p in paragraphs if p)
+
+
+def render_cli_summary() -> str:
+    rows = ["| command | what it does |", "|---|---|"]
+    for path, command in cli_commands()[1:]:
+        first = _cli_paragraphs(command.help).split("\n\n")[0] if command.help else ""
+        rows.append(f"| [`{path}`](#{path.replace(' ', '-')}) | {_cell(first)} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_cli_commands() -> str:
+    parts = []
+    for path, command in cli_commands():
+        parts.append(f"### {path}\n\n```text\n{_cli_usage(path, command)}\n```\n\n")
+        if command.help:
+            parts.append(_cli_paragraphs(command.help) + "\n\n")
+        params = [p for p in command.params if not getattr(p, "hidden", False)]
+        if params:
+            rows = ["| argument / option | value | default | what it does |", "|---|---|---|---|"]
+            rows += [f"| {_cli_name(p)} | {_cli_type(p)} | {_cli_default(p)} | {_cli_help(p)} |" for p in params]
+            parts.append("\n".join(rows) + "\n\n")
+        parts.append(f"Exit codes: {CLI_EXIT_CODES.get(path, CLI_EXIT_DEFAULT)}.\n\n")
+    return "".join(parts).rstrip("\n") + "\n"
+
+
+def render_cli_sections() -> dict[str, str]:
+    """The blocks of docs/cli.md."""
+    return {"cli-summary": render_cli_summary(), "cli-commands": render_cli_commands()}
 
 
 # -- all blocks ----------------------------------------------------------------------------------
@@ -360,7 +598,8 @@ def rewrite(text: str, sections: dict[str, str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return max(_sync(DOC, render_generated_sections(), argv), _sync(TESTING_DOC, render_testing_sections(), argv))
+    return max(_sync(DOC, render_generated_sections(), argv), _sync(TESTING_DOC, render_testing_sections(), argv),
+               _sync(EVENTS_DOC, render_events_sections(), argv), _sync(CLI_DOC, render_cli_sections(), argv))
 
 
 def _sync(doc: Path, sections: dict[str, str], argv: list[str]) -> int:
