@@ -156,6 +156,7 @@ class LlmNode(Node):
             max_tokens=self.config.max_tokens, top_p=self.config.top_p, stop=tuple(self.config.stop),
             temperature=self._temperature(spec), seed=self._seed(spec),
             grammar=self._grammar, json_mode=self.config.json_schema is not None and spec.provider != "llama_cpp",
+            json_schema=self.config.json_schema if spec.provider != "llama_cpp" else None,
         )
         if self.config.json_schema is None:
             async for emit in self._answer(ctx, messages, params, spec):
@@ -245,9 +246,11 @@ def parse_json(text: str, validator: Any) -> tuple[Any, str]:
     if not starts:
         return None, "no JSON value found in the answer"
     try:
-        value, _ = json.JSONDecoder().raw_decode(text, min(starts))
+        # strict=False lets a raw newline inside a string through: small models write them, and
+        # refusing costs a repair round trip for a value whose meaning is clear.
+        value, _ = json.JSONDecoder(strict=False).raw_decode(text, min(starts))
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON ({exc.msg} at character {exc.pos})"
+        return None, f"invalid JSON ({exc.msg.removesuffix(' at')} at character {exc.pos})"
     error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
     if error is not None:
         where = "/".join(str(p) for p in error.path) or "the top level"

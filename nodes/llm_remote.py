@@ -77,8 +77,19 @@ class RemoteModel:
         if params.seed is not None:
             request["seed"] = params.seed
         if params.json_mode:
-            request["response_format"] = {"type": "json_object"}
+            request["response_format"] = response_format(self.spec.structured_output, params.json_schema)
         return request
+
+
+def response_format(style: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+    """Ask the server to constrain decoding to the schema, in the dialect it understands: OpenAI's
+    ``json_schema`` (OpenAI, vLLM, llama.cpp's llama-server), or JSON mode with a ``schema`` key
+    (llama-cpp-python's server). The answer is validated and repaired either way."""
+    if schema is None:
+        return {"type": "json_object"}
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
 
 
 class _Tally:

@@ -16,7 +16,8 @@ class GenerateParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     grammar: Any = None  # llama.cpp grammar (structured output on local models)
-    json_mode: bool = False  # remote: ask for response_format json_object
+    json_mode: bool = False  # remote: ask for structured output (response_format)
+    json_schema: dict[str, Any] | None = None  # remote: the schema the server may constrain decoding to
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -77,6 +77,8 @@ class OpenAIModel(Strict):
     temperature: float = Field(0.2, ge=0, le=2)
     seed: int | None = None
     request_timeout: Duration = Field(60.0, description="Per-request HTTP timeout.")
+    structured_output: Literal["json_schema", "json_object"] = Field(
+        "json_schema", description="How an llm with json_schema asks: json_schema (OpenAI, vLLM, llama-server) or json_object (llama-cpp-python's server).")
     price_per_mtok: Price | None = None
 
 

@@ -3,6 +3,7 @@ Gemma model on loopback, and a real misbehaving server (tests/fault_server.py) f
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -76,6 +77,25 @@ models:
 nodes:
   answer: {{type: llm, model: remote, prompt: "${{inputs.q}}", max_tokens: 16{answer_extra}}}
 {nodes}""")
+
+
+async def test_structured_output_is_constrained_by_a_real_llama_cpp_server(llama_server):
+    schema = '{type: object, properties: {city: {type: string, maxLength: 40}}, required: [city], additionalProperties: false}'
+    plan = remote_flow(llama_server, extra=", structured_output: json_object",
+                       answer_extra=f", json_schema: {schema}, repair_attempts: 0")
+    result = await run_flow(plan, {"q": "Name the capital of France as JSON."})
+    assert result.ok, result.error
+    assert set(json.loads(result.outputs["answer"])) == {"city"}
+    assert not [e for e in result.events if e.type == "guardrail_flagged"], "the server's grammar made repairs unnecessary"
+
+
+def test_response_format_speaks_each_servers_dialect():
+    from rillflow.nodes.llm_remote import response_format
+
+    schema = {"type": "object"}
+    assert response_format("json_schema", schema) == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    assert response_format("json_object", schema) == {"type": "json_object", "schema": schema}
+    assert response_format("json_schema", None) == {"type": "json_object"}
 
 
 async def test_streams_from_a_real_llama_cpp_server_with_usage_and_cost(llama_server):
