@@ -29,7 +29,7 @@ from rillflow.runtime.overrides import Delegate
 FORMAT = 1
 Mode = Literal["record", "replay"]
 #: Model settings that say where and how fast a model runs, not what it answers: not part of a request.
-_INFRA_FIELDS = {"api_key", "base_url", "request_timeout", "n_threads", "n_gpu_layers", "prompt_lookup", "price_per_mtok"}
+_INFRA_FIELDS = {"api_key", "base_url", "request_timeout", "structured_output", "n_threads", "n_gpu_layers", "prompt_lookup", "price_per_mtok"}
 
 
 class CassetteError(Exception):
@@ -110,7 +110,10 @@ class RecordedNode(Delegate):
 
     async def cache_identity(self, ctx: RunContext, inputs: dict[str, Any]) -> Any:
         if self.cassette.mode == "replay":  # the real identity would open the model or collection
-            return {"replayed": request_of(self, inputs)}
+            # What the call names (model settings, embedder), not its inputs: the content key adds
+            # those itself, and a semantic scope must stay the same across different questions.
+            named = {k: v for k, v in request_of(self, inputs).items() if k != "inputs"}
+            return {"replayed": named}
         return await self.inner.cache_identity(ctx, inputs)
 
     def run(self, ctx: RunContext, inputs: dict[str, Any]) -> AsyncIterator[Emit]:

@@ -150,7 +150,9 @@ class Case(_Strict):
     cases_from: str | None = Field(None, description="A .jsonl or .csv file: one case per row (inputs from its columns).")
     live: bool = Field(False, description="Always run against the real models, never a cassette.")
     repeat: int = Field(1, ge=1, le=10, description="Run this many times back to back; expectations apply to the last run.")
-    cache: bool | None = Field(None, description="Give the runs a fresh cache (default: when repeat > 1).")
+    cache: bool | None = Field(None, description="Give the runs a fresh cache (default: when repeat > 1 or with warm_up).")
+    warm_up: list[dict[str, Any]] = Field(default_factory=list, max_length=10,
+                                          description="Inputs of runs made first on the same cache, unchecked (e.g. a close question before a semantic cache hit).")
     skip: str | None = Field(None, description="Do not run this case; the reason is reported.")
     timeout: Duration = Field(600.0, description="The whole case's deadline.")
 
@@ -272,6 +274,7 @@ def _check(tests: TestFile, data: dict[str, Any], smap: SourceMap, out: Any) -> 
             _check_override(plan, node_id, override, (*loc, "overrides", node_id), out)
         for j, expectation in enumerate(case.expect):
             _check_expectation(tests, expectation, (*loc, "expect", j), out)
+        _check_warm_up(plan, case, loc, out)
         rows = [{}] if case.cases_from is None else _rows(tests.path.parent / case.cases_from, (*loc, "cases_from"), out)
         for k, row in enumerate(rows):
             inputs = dict(case.inputs)
@@ -284,6 +287,13 @@ def _check(tests: TestFile, data: dict[str, Any], smap: SourceMap, out: Any) -> 
             name = case.name if case.cases_from is None else f"{case.name}[{row.get('name') or k + 1}]"
             expect = tuple(substitute(e, row) for e in case.expect) if case.cases_from is not None else tuple(case.expect)
             tests.cases.append(TestCase(name, case, inputs, expect, row if case.cases_from is not None else None, smap.value(loc).line))
+
+
+def _check_warm_up(plan: Plan, case: Case, loc: Loc, out: Any) -> None:
+    for j, warm in enumerate(case.warm_up):
+        for name in warm:
+            if name not in plan.inputs:
+                out.at((*loc, "warm_up", j, name), "T011", f"flow '{plan.name}' has no input '{name}'{suggest(name, plan.inputs)}", at_key=True)
 
 
 def _check_override(plan: Plan, node_id: str, override: Override, loc: Loc, out: Any) -> None:

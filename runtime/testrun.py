@@ -149,11 +149,13 @@ class Runner:
         if mode != "replay":
             await self._ready_for_real_calls(tf.plan)
         await _prepare(plan)
-        cache = self._cache(tc) if tc.case.cache or (tc.case.cache is None and tc.case.repeat > 1) else None
+        shared = tc.case.repeat > 1 or bool(tc.case.warm_up)
+        cache = self._cache(tc) if tc.case.cache or (tc.case.cache is None and shared) else None
+        runs = [{**tc.inputs, **warm} for warm in tc.case.warm_up] + [dict(tc.inputs)] * tc.case.repeat
         run = None
-        for _ in range(tc.case.repeat):
+        for inputs in runs:
             try:
-                run = await collect(plan, dict(tc.inputs), cache=cache)
+                run = await collect(plan, inputs, cache=cache)
             except InputError as exc:
                 raise CaseError(str(exc)) from None
         assert run is not None
