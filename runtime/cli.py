@@ -12,7 +12,9 @@ from typing import Annotated, Any, NamedTuple
 import typer
 
 from rillflow.runtime.cache_cli import add_cache_commands
+from rillflow.runtime.import_cli import add_import_commands
 from rillflow.runtime.ingest_cli import add_ingest_command
+from rillflow.runtime.init_cli import add_init_command
 from rillflow.runtime.testing_cli import add_test_commands
 from rillflow.runtime.trace_cli import add_trace_commands
 from rillflow.ui.keys_cli import add_keys_commands
@@ -33,6 +35,8 @@ add_cache_commands(app)
 add_serve_command(app)
 add_keys_commands(app)
 add_test_commands(app)
+add_init_command(app)
+add_import_commands(app)
 
 
 class Format(str, Enum):
