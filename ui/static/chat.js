@@ -5,7 +5,9 @@
 // under a CSP without 'unsafe-inline' (no inline handlers or style attributes; el.style is fine).
 //
 // API paths used (same origin): GET /api/flows, POST /api/flows/{name}/runs (SSE),
-// GET /api/runs/{id}, POST /api/runs/{id}/feedback.
+// GET /api/runs/{id}, POST /api/runs/{id}/feedback. They are written relative ("api/flows"), as are
+// the page's static files: the app may be mounted under a prefix (examples/03_embed_chat: the page
+// at /assistant/ calls /assistant/api/...), and an absolute "/api" would reach the host app instead.
 
 import { renderMarkdown } from "./markdown.js";
 import { drawGraph, resetGraph, setNodeState } from "./graph.js";
@@ -210,7 +212,7 @@ function chatSpec(flow) {
 
 async function loadFlows() {
   try {
-    const payload = await (await api("/api/flows")).json();
+    const payload = await (await api("api/flows")).json();
     app.flows = Array.isArray(payload?.flows) ? payload.flows : [];
   } catch (err) {
     showFlowProblem(err.status === 401 ? "Enter an API key to load the flows." : `Could not load the flows: ${err.message}`);
@@ -413,7 +415,7 @@ async function runTurn(flow, inputs, turn) {
 }
 
 async function streamRun(flow, inputs, turn, signal) {
-  const response = await api(`/api/flows/${encodeURIComponent(flow.name)}/runs`, {
+  const response = await api(`api/flows/${encodeURIComponent(flow.name)}/runs`, {
     method: "POST", body: { inputs, stream: true }, headers: { Accept: "text/event-stream" }, signal,
   });
   const run = { turn, chat: chatSpec(flow) };
@@ -774,7 +776,7 @@ function feedbackWidget(runId) {
   send.addEventListener("click", async () => {
     send.disabled = true;
     try {
-      await api(`/api/runs/${encodeURIComponent(runId)}/feedback`, { method: "POST", body: { score, comment: comment.value.trim() || null } });
+      await api(`api/runs/${encodeURIComponent(runId)}/feedback`, { method: "POST", body: { score, comment: comment.value.trim() || null } });
       form.hidden = true;
       up.disabled = true;
       down.disabled = true;
@@ -803,7 +805,7 @@ function thumbIcon(down) {
 // ---- trace waterfall ----------------------------------------------------------------------------
 
 async function fetchTrace(runId) {
-  const path = `/api/runs/${encodeURIComponent(runId)}`;
+  const path = `api/runs/${encodeURIComponent(runId)}`;
   try {
     return await (await api(path)).json();
   } catch (err) {
