@@ -123,3 +123,54 @@ def test_documented_cli_json_shape_matches_the_cli(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert [sorted(r) for r in result] == [["diagnostics", "path", "valid"]]
     assert sorted(result[0]["diagnostics"][0]) == ["code", "col", "line", "message", "path", "severity"]
+
+
+# -- docs/events.md and docs/cli.md ---------------------------------------------------------------
+def test_events_doc_blocks_match_the_event_vocabulary() -> None:
+    text = docgen.EVENTS_DOC.read_text(encoding="utf-8")
+    assert docgen.doc_blocks(text) == docgen.render_events_sections(), "docs/events.md is stale: run python3 tests/docgen.py"
+
+
+def test_every_event_field_is_described_and_no_other() -> None:
+    from rillflow.runtime.events import Event
+
+    assert list(docgen.EVENT_FIELDS) == list(Event._fields), "describe Event's fields in EVENT_FIELDS (tests/docgen.py)"
+
+
+def test_every_event_type_has_a_row_in_the_events_module_table_and_no_other() -> None:
+    import typing
+
+    from rillflow.runtime.events import EventType
+
+    assert set(docgen.event_data_notes()) == set(typing.get_args(EventType)), "runtime/events.py: the docstring table and EventType disagree"
+
+
+def test_every_emitted_event_type_is_in_the_vocabulary_and_every_type_is_emitted() -> None:
+    import typing
+
+    from rillflow.runtime.events import EventType
+
+    emitted = set(docgen.emitted_event_types())
+    declared = set(typing.get_args(EventType))
+    assert emitted - declared == set(), "these types are emitted but not declared in EventType (runtime/events.py)"
+    assert declared - emitted == set(), "these declared types are emitted nowhere"
+
+
+def test_cli_doc_blocks_match_the_live_app() -> None:
+    text = docgen.CLI_DOC.read_text(encoding="utf-8")
+    assert docgen.doc_blocks(text) == docgen.render_cli_sections(), "docs/cli.md is stale: run python3 tests/docgen.py"
+
+
+def test_documented_exit_codes_name_only_commands_the_app_has() -> None:
+    commands = {path for path, _ in docgen.cli_commands()}
+    assert set(docgen.CLI_EXIT_CODES) - commands == set(), "CLI_EXIT_CODES (tests/docgen.py) names commands the app no longer has"
+
+
+def test_cli_reference_lists_every_option_of_every_command() -> None:
+    block = docgen.render_cli_commands()
+    for path, command in docgen.cli_commands():
+        section = block.split(f"### {path}\n", 1)[1].split("\n### ", 1)[0]
+        for param in (p for p in command.params if not getattr(p, "hidden", False)):
+            for opt in (*param.opts, *param.secondary_opts):
+                name = f"`{param.name.upper()}`" if param.param_type_name == "argument" else f"`{opt}`"
+                assert name in section, f"{path}: {opt} is missing from docs/cli.md"
