@@ -34,8 +34,8 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h)?\s*$"}],
-                    "description": "Seconds, or text such as '500ms', '30s', '10m', '1h'."}),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"}],
+                    "description": "Seconds, or text such as '500ms', '30s', '10m', '1h', '1d'."}),
 ]
 
 ErrorKind = Literal[ERROR_KINDS]  # type: ignore[valid-type]

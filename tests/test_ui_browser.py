@@ -238,7 +238,7 @@ def test_the_demo_shows_steps_while_the_answer_streams_then_sources_and_graph(op
     chat = open_chat(demo)
     page = chat.page
     chat.pick("docs_qa")
-    expect(page.locator("#graph [data-node]")).to_have_count(5)
+    expect(page.locator("#graph [data-node]")).to_have_count(6)  # screen, search, prompt, answer, its remote fallback, checked
     turn = chat.ask("How do I cache node results?")
 
     page.wait_for_function("() => document.querySelector('.msg.assistant .answer')?.textContent.trim().length > 0",
