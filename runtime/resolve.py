@@ -87,8 +87,13 @@ class Resolver:
         raise Skip(f"{ref} was skipped")
 
     def _reader(self, ref: Ref) -> AsyncIterator[str]:
-        path = ref.alternatives[0]
-        return self.run.streams[path.root][str(path.parts[0])].reader()
+        # A producer skipped before it started never opened its stream: read the next alternative,
+        # and skip this node too when every one was skipped (as a plain reference does).
+        for path in ref.alternatives:
+            if self.run.state.get(path.root) == "skipped":
+                continue
+            return self.run.streams[path.root][str(path.parts[0])].reader()
+        raise Skip(f"{ref} was skipped")
 
     def condition(self, pn: PlanNode) -> bool:
         """Evaluate `when:`; a skipped node reads as false, with every field none."""

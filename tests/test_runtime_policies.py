@@ -266,3 +266,19 @@ nodes:
     result = await run_flow(plan, {"q": "hi"})
     assert result.outputs == {"answer": "SPARE WORDS"}
     assert next(e for e in result.events if e.type == "node_fallback").data["error"]["kind"] == "config"
+
+
+async def test_a_stream_reader_of_a_node_skipped_before_it_started_is_skipped_too() -> None:
+    # Was `internal: KeyError`: the skipped producer never opened its stream.
+    plan = flow("""
+inputs: {go: {type: boolean, default: false}}
+outputs: {answer: "${checked.text}"}
+nodes:
+  answer: {type: scripted, text: "hello there. bye.", when: inputs.go}
+  checked: {type: guardrail, text: "${answer.text}", checks: [pii_redact]}
+""")
+    skipped = await run_flow(plan, {"go": False})
+    assert skipped.ok, skipped.error
+    assert [(e.type, e.node) for e in skipped.events if e.type == "node_skipped"] == [("node_skipped", "answer"), ("node_skipped", "checked")]
+    ran = await run_flow(plan, {"go": True})
+    assert ran.ok and ran.outputs["answer"] == "hello there. bye."
