@@ -38,6 +38,18 @@ nodes:
   model: {type: scripted, text: "a b c d", fail_attempts: [1], fail_after: 2, error: server}
 """
 
+FALLS_BACK = """\
+version: 1
+name: stand_in
+inputs:
+  question: {type: string}
+outputs:
+  answer: ${model.text}
+nodes:
+  model: {type: scripted, text: "half an answer that dies", fail_attempts: [1], fail_after: 2, error: server, fallback: backup}
+  backup: {type: scripted, text: "the backup answer"}
+"""
+
 NO_CHAT = """\
 version: 1
 name: numbers
@@ -56,7 +68,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RILL_PYTHON_ALLOW", "tests.flowfuncs.*")
         settings = ServeSettings(cache=False, trace=False, limits=KeyLimits(requests_per_minute=10_000, max_streams=20))
-        with serving({"echo.yaml": ECHO, "broken.yaml": FAIL, "numbers.yaml": NO_CHAT}, settings, tmp=tmp) as server:
+        with serving({"echo.yaml": ECHO, "broken.yaml": FAIL, "numbers.yaml": NO_CHAT, "stand_in.yaml": FALLS_BACK}, settings, tmp=tmp) as server:
             yield server
 
 
@@ -67,7 +79,7 @@ def client(live: LiveServer) -> Iterator[openai.OpenAI]:
 
 
 def test_models_are_the_flows_that_can_chat(client: openai.OpenAI) -> None:
-    assert sorted(m.id for m in client.models.list()) == ["broken", "echo"]
+    assert sorted(m.id for m in client.models.list()) == ["broken", "echo", "stand_in"]
 
 
 def test_a_completion_answers_with_the_flow_output_and_usage(client: openai.OpenAI) -> None:
@@ -120,3 +132,15 @@ def test_bad_requests_are_specific(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="echo", messages=[{"role": "assistant", "content": "x"}])
     with pytest.raises(openai.UnprocessableEntityError, match="question"):
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x" * 1001}])
+
+
+def test_a_fallback_after_partial_text_streams_the_stand_ins_answer(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="stand_in", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text.endswith("the backup answer"), text
+    assert finishes == ["stop"], "a fallback is not a content filter"
+    whole = client.chat.completions.create(model="stand_in", messages=[{"role": "user", "content": "hi"}])
+    assert whole.choices[0].message.content == "the backup answer"
+    assert whole.choices[0].finish_reason == "stop"

@@ -101,7 +101,7 @@ def _completion(flow: ServedFlow, events: list[Event], run_id: str) -> Response:
         raise ApiError(RUN_ERROR_STATUS.get(error["kind"], 502), error["kind"], error["message"])
     usage = usage_of(events)
     answer = _answer(flow, last)
-    retracted = any(e.type == "retract" for e in events)
+    retracted = any(e.type == "retract" and e.data.get("reason") not in STAND_IN_REASONS for e in events)
     return JSONResponse({
         "id": f"chatcmpl-{run_id}", "object": "chat.completion", "created": now(), "model": flow.name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
@@ -138,6 +138,9 @@ def _stream(server: Server, flow: ServedFlow, events: Any, admitted: Pass, run_i
     return server.sse(messages, admitted, run_id)  # type: ignore[no-any-return]
 
 
+STAND_IN_REASONS = frozenset({"fallback", "offline"})  # retracts that are not a guardrail's verdict
+
+
 class _Translator:
     """Runtime events in, OpenAI ``chat.completion.chunk`` messages out (``data:`` payloads)."""
 
@@ -159,7 +162,12 @@ class _Translator:
             self.streamed.append(event.data["text"])
             return [self.chunk({"content": event.data["text"]})]
         if event.type == "retract":
-            self.retracted = True
+            if event.data.get("reason") in STAND_IN_REASONS:
+                # A stand-in (fallback, offline answer) takes over: OpenAI's stream cannot take text
+                # back, so its answer follows what was sent, and the run did finish normally.
+                self.streamed = []
+            else:
+                self.retracted = True
         elif event.type in ("node_finished", "node_retry"):
             self.paid.append(event)
         elif event.type == "run_failed":
