@@ -13,6 +13,7 @@ tests/artifacts/ (gitignored), named after the test.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -257,7 +258,10 @@ def test_the_demo_shows_steps_while_the_answer_streams_then_sources_and_graph(op
     assert any(re.search(r"\d+/\d+", detail) for detail in progress), f"retrieval progress never showed: {progress}"
     assert first_words["steps"]["search"][0] == "finished", "retrieval finishes before the model's first words"
     lengths = streamed_lengths(samples, turn_count=1)
-    assert len(lengths) >= 3 and lengths == sorted(lengths), f"the answer should grow in several updates, saw {lengths}"
+    # Markdown renders as it streams: a closing ` or ** turns literal marks into formatting, so the
+    # visible text may dip by those few characters; it never loses words.
+    dips = [prev - now for prev, now in itertools.pairwise(lengths) if now < prev]
+    assert len(lengths) >= 3 and lengths[-1] > lengths[0] and all(d <= 4 for d in dips), f"the answer should grow in several updates, saw {lengths}"
 
     sources = turn.locator(".sources li.source")
     expect(sources.first).to_be_visible()
