@@ -3,7 +3,7 @@
 Both walk the keys under the prefix with SCAN (never KEYS, which would block the server) on a
 blocking client that RedisCache opens with the longer admin timeouts. ``scan_stats`` reads each
 node's key set (forgetting the keys Redis has expired since) and its counter hash; ``clear_all``
-deletes everything under the prefix, ``clear_some`` one flow's or node's entries, their vectors and
+deletes the cache's own keys under the prefix (never rate-limit state sharing it), ``clear_some`` one flow's or node's entries, their vectors and
 counters. The layout they walk is described in rillflow.runtime.cache_redis.
 """
 
@@ -48,15 +48,17 @@ def _owner_of(prefix: str, name: bytes, kind: str) -> tuple[str, str]:
     return flow, node
 
 
+CACHE_KINDS = ("e:", "n:", "c:", "v:")  # the layout in rillflow.runtime.cache_redis
+
+
 def clear_all(r: redis.Redis, prefix: str) -> int:
-    """Delete every key under ``prefix``; return how many were entries."""
+    """Delete the cache's own keys under ``prefix`` (entries, node sets, counters, vectors); return how many
+    were entries. Only those four kinds: rate-limit state (``rill:limits:``) may share the prefix and database."""
     removed = 0
-    for batch in _batches(r.scan_iter(match=f"{_glob(prefix)}*", count=1000)):
-        entries = [k for k in batch if k.startswith(f"{prefix}e:".encode())]
-        removed += int(r.delete(*entries)) if entries else 0
-        others = [k for k in batch if not k.startswith(f"{prefix}e:".encode())]
-        if others:
-            r.delete(*others)
+    for kind in CACHE_KINDS:
+        for batch in _batches(r.scan_iter(match=f"{_glob(prefix)}{kind}*", count=1000)):
+            deleted = int(r.delete(*batch))
+            removed += deleted if kind == "e:" else 0
     return removed
 
 

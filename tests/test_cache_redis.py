@@ -163,6 +163,19 @@ async def test_clear_everything_keeps_other_prefixes(cache: RedisCache, redis_se
         await neighbour.aclose()
 
 
+async def test_clear_everything_leaves_rate_limit_state_sharing_the_prefix(cache: RedisCache, redis_server: RedisServer) -> None:
+    limits = redis.Redis.from_url(redis_server.url)
+    try:
+        limits.set("rill:limits:{k1}:tokens", "42")  # what ui/limits_redis.py keeps under the same default prefix
+        cache.put(entry("mine"))
+        await cache.flush()
+        assert cache.clear() == 1
+        assert limits.get("rill:limits:{k1}:tokens") == b"42"
+    finally:
+        limits.delete("rill:limits:{k1}:tokens")
+        limits.close()
+
+
 async def test_stats_forget_entries_redis_expired(cache: RedisCache) -> None:
     cache.put(entry("brief", expires=time.time() + 0.1))
     cache.put(entry("lasting"))
