@@ -32,6 +32,9 @@ class RemoteModel:
     """One OpenAI-compatible model endpoint. Cheap: clients are pooled per event loop."""
 
     def __init__(self, spec: Any, name: str) -> None:
+        # The client library takes ~1 s to import: pay it here (prepare(), in a worker thread, before any
+        # run), not inside the first call, where it ate a 1 s node deadline (tests/reliability/model_faults.py).
+        import openai  # noqa: F401
         self.spec = spec
         self.name = name
         self.model = str(spec.model)

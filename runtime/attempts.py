@@ -83,7 +83,7 @@ async def run_attempts(run: Run, pn: PlanNode, inputs: dict[str, Any], item_inde
             raise
         except Exception as exc:
             error = classify(exc, pn.id, run.redact)
-            if streamed[0]:
+            if streamed[0] and item_index is None:  # a map item's chunks reach no consumer (Run.push drops them): it may retry
                 raise AttemptsFailed(NodeError(error.kind, f"{error.message} (after streaming {streamed[0]} chunks)"), attempt) from None
             delay = backoff_delay(pn, attempt, error)
             if delay is None:

@@ -74,6 +74,7 @@ class Run:
         self._ready: list[str] = []
         self._stand_in: dict[str, list[str]] = {}  # fallback node -> nodes it stands in for
         self._replaced_by: dict[str, str] = {}  # failed node -> its fallback (chunks come from there)
+        self._withdrawn: dict[str, int] = {}  # node -> characters of its streams a retract already withdrew
         self._listening: dict[tuple[str, str], list[str]] = {}  # (node, field) -> streamed flow outputs
         self._source: dict[str, str | None] = dict.fromkeys(plan.output_streams)  # output -> node it streams from
         for name in plan.output_streams:
@@ -90,6 +91,8 @@ class Run:
         self._seq += 1
         if type_ in TERMINAL:
             self.terminal_sent = True
+        elif type_ == "retract" and node is not None:  # a guardrail's own or the runtime's: never withdraw text twice
+            self._withdrawn[node] = self._withdrawn.get(node, 0) + data["chars"]
         self._queue.append(event)
         if self.listeners:
             for listener in self.listeners:
@@ -332,9 +335,7 @@ class Run:
         target = pn.fallback
         if target is not None and target in self.plan.nodes:
             self.emit("node_fallback", pn.id, {"to": target, "error": err, "attempts": attempts})
-            partial = sum(len(c) for stream in self.streams.get(pn.id, {}).values() for c in stream.chunks)
-            if partial:  # it died mid-stream: clients drop its partial text before the stand-in's arrives
-                self.emit("retract", pn.id, {"reason": "fallback", "check": None, "chars": partial})
+            self._retract_partial(pn.id, "fallback")  # clients drop its partial text before the stand-in's arrives
             self._replaced_by[pn.id] = target
             self._stand_in.setdefault(target, []).append(pn.id)
             self._open_streams(pn)  # it may have failed before it started: its consumers read these
@@ -361,9 +362,7 @@ class Run:
             self.emit("node_failed", pn.id, {"error": {"kind": error.kind, "message": error.message}, "attempts": attempts})
             return self._apply_on_fail(pn, error)
         entry, similarity = found
-        partial = sum(len(c) for stream in self.streams.get(pn.id, {}).values() for c in stream.chunks)
-        if partial:
-            self.emit("retract", pn.id, {"reason": "offline", "check": None, "chars": partial})
+        self._retract_partial(pn.id, "offline")
         self._replaced_by.pop(pn.id, None)
         self._stand_in = {k: [n for n in v if n != pn.id] for k, v in self._stand_in.items()}
         values, _, _ = await replay(self, pn, entry, "offline", similarity)
@@ -371,6 +370,14 @@ class Run:
                               "error": {"kind": error.kind, "message": error.message}}
         self.emit("node_finished", pn.id, {"attempts": attempts, "cached": "offline"})
         self._settle(pn.id, "done", values)
+
+    def _retract_partial(self, node_id: str, reason: str) -> None:
+        """The node died mid-stream and another answer replaces its text: withdraw what clients still show
+        (its own chunks and a stand-in's, less what an earlier retract already withdrew)."""
+        streamed = sum(len(c) for stream in self.streams.get(node_id, {}).values() for c in stream.chunks)
+        partial = streamed - self._withdrawn.get(node_id, 0)
+        if partial > 0:
+            self.emit("retract", node_id, {"reason": reason, "check": None, "chars": partial})
 
     def _activate(self, target: str, for_node: str) -> None:
         for field, stream in self.streams.get(target, {}).items():  # already streaming: replay so far
@@ -395,6 +402,7 @@ class Run:
         if policy == "skip":
             self._skip(pn.id, f"failed ({error.kind}) and on_fail is skip")
         elif policy is not None and policy != "fail":
+            self._retract_partial(pn.id, "fallback")  # the canned answer stands in: no partial text glued before it
             self._respond(pn.id, policy.respond)
         else:
             self.state[pn.id] = "failed"

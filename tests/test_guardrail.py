@@ -189,7 +189,8 @@ async def test_buffer_mode_leaks_zero_characters_of_a_secret_at_token_150_of_300
     released = "".join(chunks(result))
     assert "sk-" not in released and leaked(result, secret) <= 2  # 'k-'-sized pieces occur in ordinary words
     assert released == " ".join(words[:150])  # every sentence before the secret, nothing after it
-    assert types(result, "guard")[-1] == "node_failed"
+    assert types(result, "guard")[-2:] == ["node_failed", "retract"]  # the refusal replaces what was released
+    assert [e.data["chars"] for e in result.events if e.type == "retract"] == [len(released)]
 
 
 async def test_buffer_mode_redacts_a_private_key_streamed_in_pieces():
