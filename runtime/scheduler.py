@@ -102,10 +102,12 @@ class Run:
             waiter.set_result(None)
 
     def redact(self, text: str) -> str:
-        for secret in self.plan.secrets:
-            if secret and secret in text:
-                text = text.replace(secret, "[redacted]")
-        return text
+        """``text`` fit for an error event: the flow's ``${env.*}`` values, secret-named environment values,
+        credentials and personal data removed, as a trace would show it (reliability notes AU-07: an
+        exception's message quotes whatever the code held, and error events reach clients and logs)."""
+        from rillflow.runtime.redact import Redactor
+
+        return Redactor(self.plan.secrets).redact_text(text)
 
     def push(self, node_id: str, field: str, text: str, item_index: int | None, producer: str | None = None) -> None:
         """A chunk from a node: into its stream and the streams of every node it stands in for."""

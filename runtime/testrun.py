@@ -129,6 +129,7 @@ class Runner:
         except CaseError as exc:
             result.problems.append(str(exc))
         result.duration = perf_counter() - started
+        _redact_messages(result, tf.plan)
         if result.problems:
             result.status = "error" if not result.checks else "failed"
         elif not all(c.passed for c in result.checks):
@@ -208,6 +209,20 @@ class Runner:
         from rillflow.runtime.judge import Judge
 
         return Judge(tf.judge_plan, cassette, prepared=_prepare).score
+
+
+def _redact_messages(result: CaseResult, plan: Plan) -> None:
+    """Reports are CI artifacts, read more widely than the flow's environment: the flow's ``${env.*}``
+    values, secret-named environment values and credentials never reach them (reliability notes AU-07).
+    Personal data stays: it is the test file's own data, and a failed ``not_contains: jane@example.com``
+    must still say what it found."""
+    from rillflow.runtime.redact import Redactor
+
+    redactor = Redactor(plan.secrets, pii=False, max_chars=100_000)
+    result.problems = [redactor.redact_text(p) for p in result.problems]
+    for check in result.checks:
+        if check.message is not None:
+            check.message = redactor.redact_text(check.message)
 
 
 class CaseError(Exception):

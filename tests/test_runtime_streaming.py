@@ -148,7 +148,8 @@ nodes:
     assert result.error["kind"] == "internal"
     assert "RuntimeError" in result.error["message"]
     dumped = "\n".join(e.to_json() for e in result.events)
-    assert "hunter2-canary-0042" not in dumped and "[redacted]" in dumped and "Traceback" not in dumped
+    assert "hunter2-canary-0042" not in dumped and "Traceback" not in dumped
+    assert "https://user:[SECRET]@api.example" in dumped  # the env value, then the whole password-in-URL credential
 
 
 async def test_cancelling_mid_stream_cancels_nodes_and_leaves_no_tasks():
