@@ -43,6 +43,8 @@ async def start_run(request: Request) -> Response:
         raise ApiError(422, "input", f"unknown field(s) {', '.join(unknown)}: a run takes 'inputs' and 'stream'")
     inputs = server.check_inputs(flow, body.get("inputs", {}))
     stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):  # "no" or {} would be truthy: refuse, do not guess
+        raise ApiError(422, "input", f"'stream' must be true or false, not {type(stream).__name__}")
     if stream is None:
         stream = "text/event-stream" in request.headers.get("accept", "")
     admitted, run_id, events = await server.begin(flow, inputs, key)

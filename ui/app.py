@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -17,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rillflow.ui import api, openai_api
-from rillflow.ui.errors import EXCEPTION_HANDLERS
+from rillflow.ui.errors import EXCEPTION_HANDLERS, ApiError, error_response
 from rillflow.ui.flows import ServedFlow
 from rillflow.ui.metrics import Metrics
 from rillflow.ui.server import Server
@@ -60,13 +62,15 @@ def build_app(flows: Mapping[str, ServedFlow], settings: ServeSettings | None = 
         Route("/metrics", api.metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(EdgeMiddleware, metrics=server.metrics)]
+    # The body limit sits inside the edge, not as Starlette's own max_body_size (outermost): that one answers
+    # a declared Content-Length over the limit in plain text, replacing the JSON error clients parse.
+    middleware = [Middleware(EdgeMiddleware, metrics=server.metrics, max_body=settings.max_body_bytes),
+                  Middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes)]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type", "Accept"], expose_headers=["Retry-After", "X-Rill-Run-Id"],
                                      allow_credentials=False, max_age=600))
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
-                    max_body_size=settings.max_body_bytes)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.rill = server
     return app
 
@@ -76,11 +80,13 @@ async def index(request: Request) -> Response:
 
 
 class EdgeMiddleware:
-    """Security headers on every answer, and request metrics by route template (not raw path: cardinality)."""
+    """Security headers on every answer, request metrics by route template (not raw path: cardinality), and
+    a JSON 413 for a declared Content-Length over ``max_body`` (a streamed body meets the limit middleware)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,8 +103,22 @@ class EdgeMiddleware:
             await send(message)
 
         try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body:
+                too_large = ApiError(413, "too_large", f"the request body is {declared} bytes, over the server's limit of "
+                                                       f"{self.max_body}; send less text")
+                await error_response(Request(scope), too_large)(scope, receive, send_with_headers)
+                return
             await self.app(scope, receive, send_with_headers)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request(template, scope["method"], status, time.perf_counter() - started)
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # h11 refuses a malformed Content-Length before the app sees it

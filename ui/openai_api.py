@@ -88,7 +88,10 @@ def _inputs(chat: ChatMapping, messages: list[Message]) -> dict[str, Any]:
 
 def _text(message: Message) -> str:
     if isinstance(message.content, list):  # content parts: the text ones (images are not supported by flows' chat input)
-        return "".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
+        texts = [part.get("text", "") for part in message.content if part.get("type") == "text"]
+        if not all(isinstance(text, str) for text in texts):  # str() would turn an object into Python's repr of it
+            raise ApiError(422, "invalid_request_error", "a text content part's 'text' must be a string")
+        return "".join(texts)
     return message.content or ""
 
 

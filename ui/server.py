@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -102,7 +103,8 @@ class Server:
         flow = self.flows.get(name)
         if flow is None:
             known = ", ".join(sorted(self.flows)) or "none"
-            raise ApiError(404, "not_found", f"no flow named '{name}' (served: {known})")
+            shown = name if name.isprintable() else ascii(name)[1:-1]  # an invisible character must show in the message
+            raise ApiError(404, "not_found", f"no flow named '{shown}' (served: {known})")
         return flow
 
     def check_inputs(self, flow: ServedFlow, inputs: Any) -> dict[str, Any]:
@@ -191,14 +193,36 @@ async def read_json(request: Request) -> dict[str, Any]:
     """The request body as a JSON object; 400 when it is not JSON, 422 when it is not an object."""
     body = await request.body()
     try:
-        data = json.loads(body) if body else {}
+        data = json.loads(body, parse_constant=_no_constant) if body else {}
+        # A "\ud800" escape is valid JSON but no text: it would fail later, when the answer, the SSE
+        # stream or the trace encodes it as UTF-8 (a 500 after the model ran). Raw surrogate bytes are
+        # already invalid UTF-8, so only bodies with such an escape need the check.
+        if _SURROGATE_ESCAPE.search(body):
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "bad_request", "the body holds a lone surrogate escape (\\ud800 to \\udfff), which is not text") from None
     except RecursionError:
         raise ApiError(422, "input", "the body is nested too deeply") from None
+    except ValueError as exc:  # NaN or Infinity (not JSON), or an integer over Python's 4300 digits
+        message = str(exc) if isinstance(exc, _NotJson) else "a number in it is over 4300 digits long"
+        raise ApiError(400, "bad_request", f"the body is not valid JSON: {message}") from None
     if not isinstance(data, dict):
         raise ApiError(422, "input", "the body must be a JSON object")
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    """Python's json reads NaN and Infinity; JSON has neither, and the answer could not encode them back."""
+    raise _NotJson(f"{name} is not a JSON number")
 
 
 def new_run_id() -> str:
