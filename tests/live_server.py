@@ -19,6 +19,7 @@ import uvicorn
 
 from rillflow.ui.app import build_app
 from rillflow.ui.flows import load_flows
+from rillflow.ui.serve_cli import HTTP_PROTOCOL
 from rillflow.ui.settings import ServeSettings
 
 
@@ -33,7 +34,8 @@ class LiveServer:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=graceful)
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=graceful,
+                                     http=HTTP_PROTOCOL)  # the protocol `rill serve` runs
         self.server = uvicorn.Server(self.config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self.loop: asyncio.AbstractEventLoop | None = None

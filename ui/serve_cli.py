@@ -21,6 +21,9 @@ from rillflow.ui.limits import KeyLimits
 from rillflow.ui.settings import ServeSettings
 
 EXIT_INVALID = 2
+# an import string, not the class: uvicorn imports it in each --workers process, and importing uvicorn here
+# would slow every other command
+HTTP_PROTOCOL = "rillflow.ui.protocol:BoundedCloseH11Protocol"
 _ENV = "RILL_SERVE_CONFIG"  # how the parent hands flows and settings to `--workers` processes
 
 
@@ -76,7 +79,7 @@ def serve(
         import uvicorn
 
         uvicorn.run("rillflow.ui.serve_cli:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-                    timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
+                    timeout_graceful_shutdown=int(settings.shutdown_grace) + 5, http=HTTP_PROTOCOL)
         return
     raise typer.Exit(_serve_one(served, settings, host, port, log_level))
 
@@ -99,7 +102,8 @@ def _serve_one(served: Any, settings: ServeSettings, host: str, port: int, log_l
                 typer.echo(line, err=True)
             return EXIT_INVALID
         _say(f"rillflow is serving {', '.join(sorted(served))}: open http://{_display_host(host)}:{port}/ (Ctrl+C stops)")
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+                                http=HTTP_PROTOCOL)
         await uvicorn.Server(config).serve()
         return 0
 
