@@ -156,7 +156,7 @@ def block_rate_figures(bench: bool = False) -> list[Figure]:
     figures = []
     for family, t in attacks.items():
         floor = FLOORS.get(family, 1.0)
-        value = f"block rate {t.rate:.2f} at {fpr:.2f} false positives ({t.total} attacks: {', '.join(names[family])}; {n_benign} benign)"
+        value = f"{family}: block rate {t.rate:.2f} at {fpr:.2f} false positives ({t.total} attacks: {', '.join(names[family])}; {n_benign} benign)"
         if t.en_total < t.total:
             value += (f"; {t.en_blocked / t.en_total:.2f} on the {t.en_total} English ones (the rest are Zulu, Albanian, "
                       "Irish and Scottish Gaelic, which the check does not read)")
